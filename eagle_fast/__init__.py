@@ -1,0 +1,52 @@
+"""eagle_fast: fast CPU inference for EAGLE-style speculative-decoding draft heads.
+
+A draft head maps a target model's hidden state ``h`` to a guess of the next
+token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
+
+* :class:`DraftHead` / :func:`predict` -- the fast NumPy API (float32/float64,
+  single states or batches, top-k, optional full logits/probs).
+* :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
+* ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
+  (the fallback); :func:`build_info` tells how the kernels were built.
+  Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import _backend
+from ._head import DraftHead, DraftResult, predict
+from ._spec import eagle_draft_from_hidden
+
+__version__ = "0.1.0"
+__all__ = ["DraftHead", "DraftResult", "predict", "eagle_draft_from_hidden", "build_info",
+           "backend"]
+
+
+def build_info() -> dict[str, Any]:
+    """How the active backend was built and what it will use.
+
+    Keys: ``backend``, ``simd_level`` (kernel chosen for this CPU),
+    ``simd_levels_available``, ``simd`` (instruction set the kernel was
+    compiled for), ``openmp``, ``max_threads``, ``compiler``, ``compile_flags``.
+    """
+    active = _backend.active()
+    draft = active.draft
+    return {
+        "backend": active.name,
+        "simd_level": active.simd_level,
+        "simd_levels_available": _backend.simd_levels_available(),
+        "simd": draft.SIMD,
+        "openmp": bool(draft.OPENMP),
+        "max_threads": int(draft.max_threads()),
+        "compiler": draft.COMPILER,
+        "compile_flags": draft.COMPILE_FLAGS,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    # ``eagle_fast.backend`` always names the backend currently in use.
+    if name == "backend":
+        return _backend.active().name
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,130 @@
+"""Input checks, done once at the Python boundary.
+
+Kernels (compiled or fallback) receive C-contiguous float32/float64 arrays of
+the right shapes and never check anything themselves.  Errors name the
+argument and what was expected: ``TypeError`` for a wrong kind of value,
+``ValueError`` for a wrong shape or value.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any, Optional
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _as_array(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except ValueError as exc:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular array; got ragged input ({exc})") from None
+
+
+def real_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as an ndarray of a real numeric dtype (not yet converted)."""
+    array = _as_array(value, name)
+    kind = array.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} must be real, got complex dtype {array.dtype}")
+    if kind not in "fiub":
+        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+    return array
+
+
+def numeric_array(value: Any, name: str, shape_text: str, ndim: int) -> np.ndarray:
+    """``value`` as a real ndarray with ``ndim`` dimensions, none of them empty."""
+    array = real_array(value, name)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must have shape {shape_text}, got shape {array.shape}")
+    if 0 in array.shape:
+        raise ValueError(f"{name} must not be empty, got shape {array.shape}")
+    return array
+
+
+def resolve_dtype(arrays: dict[str, np.ndarray], dtype: Optional[Any]) -> np.dtype:
+    """The head's dtype: ``dtype`` when given, else the float dtype the weights
+    share (integer and bool weights are cast to it; float64 if none is float)."""
+    if dtype is not None:
+        resolved = np.dtype(dtype)
+        if resolved not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, got {resolved}")
+        return resolved
+    float_kinds = {name: a.dtype for name, a in arrays.items() if a.dtype.kind == "f"}
+    for name, found in float_kinds.items():
+        if found not in FLOAT_DTYPES:
+            raise TypeError(
+                f"{name} has dtype {found}; eagle_fast computes in float32 or float64: "
+                "cast it, or pass dtype=np.float32 / np.float64 to convert all weights"
+            )
+    distinct = set(float_kinds.values())
+    if len(distinct) > 1:
+        listing = ", ".join(f"{n} is {d}" for n, d in float_kinds.items())
+        raise TypeError(
+            f"weights have mixed dtypes ({listing}); pass dtype=np.float32 or "
+            "dtype=np.float64 to convert them to one"
+        )
+    return distinct.pop() if distinct else np.dtype(np.float64)
+
+
+def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """C-contiguous array of ``dtype`` (no copy when it already is one)."""
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def check_finite(array: np.ndarray, name: str) -> None:
+    if not np.isfinite(array).all():
+        bad = np.argwhere(~np.isfinite(array))[0]
+        where = tuple(int(i) for i in bad)
+        raise ValueError(f"{name} contains NaN or inf (first at index {where})")
+
+
+def check_temperature(temperature: Any) -> float:
+    """Finite and >= 0 (0 means no scaling, as the spec); anything else is a ValueError."""
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise ValueError(f"temperature must be a real number, got {temperature!r}")
+    value = float(temperature)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+    return value
+
+
+def check_top_k(top_k: Any, vocab_size: int) -> int:
+    if isinstance(top_k, bool):
+        raise TypeError("top_k must be an integer, got a bool")
+    try:
+        k = operator.index(top_k)
+    except TypeError:
+        raise TypeError(f"top_k must be an integer, got {top_k!r}") from None
+    if not 1 <= k <= vocab_size:
+        raise ValueError(f"top_k must be in [1, vocab_size={vocab_size}], got {k}")
+    return k
+
+
+def resolve_num_threads(num_threads: Any, default: int) -> int:
+    """scikit-learn's convention: None -> the OpenMP default (honours
+    OMP_NUM_THREADS); n > 0 -> n; n < 0 -> default + 1 + n (-1 = all); 0 is an error."""
+    if num_threads is None:
+        return default
+    if isinstance(num_threads, bool):
+        raise TypeError("num_threads must be an integer or None, got a bool")
+    try:
+        n = operator.index(num_threads)
+    except TypeError:
+        raise TypeError(f"num_threads must be an integer or None, got {num_threads!r}") from None
+    if n == 0:
+        raise ValueError("num_threads=0 is invalid: use None for the default, or n >= 1")
+    if n < 0:
+        resolved = default + 1 + n
+        if resolved < 1:
+            raise ValueError(
+                f"num_threads={n} leaves no thread (the default is {default} threads)"
+            )
+        return resolved
+    return n
