@@ -41,13 +41,14 @@ class KernelHead:
         self.vocab = lm_head_weight.shape[0]
 
     def forward(self, hidden: np.ndarray, temperature: float, top_k: int,
-                tokens: np.ndarray, token_probs: np.ndarray,
-                logits: Optional[np.ndarray], probs: Optional[np.ndarray],
-                n_threads: int) -> int:
-        """Fill the outputs for ``hidden`` (B, d_model); return how many states
-        have a non-finite softmax (their outputs are undefined)."""
+                want_logits: bool, want_probs: bool, n_threads: int
+                ) -> tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+        """Run the head on ``hidden`` ((d_model,) or (B, d_model), of the head's
+        dtype).  Returns ``(n_bad, tokens, token_probs, logits, probs)`` shaped
+        like the compiled kernel's; n_bad counts states with a non-finite softmax."""
+        batch = hidden.reshape(-1, self.d_model)
         with np.errstate(all="ignore"):
-            x = silu(hidden @ self.weight.T + self.bias)
+            x = silu(batch @ self.weight.T + self.bias)
             scores = x @ self.lm_head.T
             if temperature > 0:
                 scores = scores / scores.dtype.type(temperature)
@@ -55,13 +56,13 @@ class KernelHead:
             row_max = wide.max(axis=1, keepdims=True)
             shifted = np.exp(wide - row_max)
             total = shifted.sum(axis=1, keepdims=True)
-        finite = np.isfinite(row_max[:, 0]) & np.isfinite(total[:, 0])
+        n_bad = int((~(np.isfinite(row_max) & np.isfinite(total))).sum())
         # Stable sort of the negated scores: best first, ties to the lower id.
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        tokens[...] = order
-        token_probs[...] = np.take_along_axis(shifted, order, axis=1) / total
-        if logits is not None:
-            logits[...] = scores
-        if probs is not None:
-            probs[...] = shifted / total
-        return int((~finite).sum())
+        tokens = np.argsort(-scores, axis=1, kind="stable")[:, :top_k].astype(np.int64)
+        token_probs = (np.take_along_axis(shifted, tokens, axis=1) / total).astype(scores.dtype)
+        logits = scores if want_logits else None
+        probs = (shifted / total).astype(scores.dtype) if want_probs else None
+        if hidden.ndim == 1:
+            return (n_bad, tokens[0], token_probs[0], None if logits is None else logits[0],
+                    None if probs is None else probs[0])
+        return n_bad, tokens, token_probs, logits, probs

@@ -28,6 +28,8 @@ PARALLEL_MIN_WEIGHT_BYTES = 256 * 1024
 # LM head; larger k sorts the full logits afterwards (O(V log V), still exact).
 STREAMING_TOP_K_MAX = 64
 
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
 
 class DraftResult:
     """What ``DraftHead.predict`` returns.
@@ -126,12 +128,15 @@ class DraftHead:
         weight_bytes = sum(a.nbytes for a in arrays.values())
         self._parallel = weight_bytes >= PARALLEL_MIN_WEIGHT_BYTES
         self._default_threads = self._backend.draft.max_threads()
+        self._d_model = self._kernel.d_model
+        self._vocab_size = self._kernel.vocab
+        self._streaming_top_k_max = min(STREAMING_TOP_K_MAX, self._vocab_size)
 
     # -- properties -----------------------------------------------------------
 
     @property
     def d_model(self) -> int:
-        return self._kernel.d_model
+        return self._d_model
 
     @property
     def d_proj(self) -> int:
@@ -139,7 +144,7 @@ class DraftHead:
 
     @property
     def vocab_size(self) -> int:
-        return self._kernel.vocab
+        return self._vocab_size
 
     @property
     def dtype(self) -> np.dtype:
@@ -173,20 +178,16 @@ class DraftHead:
 
     # -- inference --------------------------------------------------------------
 
-    def _hidden_batch(self, hidden: Any) -> tuple[np.ndarray, bool]:
-        """``hidden`` as a C-contiguous (B, d_model) array of the head's dtype,
-        and whether it was a single state."""
+    def _as_hidden(self, hidden: Any) -> np.ndarray:
+        """``hidden`` as a C-contiguous (d_model,) or (B, d_model) array of the
+        head's dtype, or a clear error."""
         array = real_array(hidden, "hidden")
         if array.ndim not in (1, 2) or array.shape[-1] != self.d_model or 0 in array.shape:
             raise ValueError(
                 f"hidden must have shape (d_model,) = ({self.d_model},) or "
                 f"(B, d_model) = (B, {self.d_model}) with B >= 1, got shape {array.shape}"
             )
-        if array.dtype != self._dtype or not array.flags.c_contiguous:
-            array = np.ascontiguousarray(array, dtype=self._dtype)
-        if array.ndim == 1:
-            return array.reshape(1, -1), True
-        return array, False
+        return np.ascontiguousarray(array, dtype=self._dtype)
 
     def predict(self, hidden: Any, *, temperature: float = 1.0, top_k: int = 1,
                 return_logits: bool = False, return_probs: bool = False,
@@ -213,42 +214,41 @@ class DraftHead:
             ``tokens`` (int64, best first, ties to the lower id), ``token_probs``,
             optional ``logits``/``probs``, and ``predicted_token``/``confidence``.
         """
-        batch, single = self._hidden_batch(hidden)
-        temperature = check_temperature(temperature)
-        k = check_top_k(top_k, self.vocab_size)
-        n_threads = resolve_num_threads(num_threads, self._default_threads)
+        # The common case passes these identity/type tests in well under a
+        # microsecond; anything else takes the full validation path.
+        if not (type(hidden) is np.ndarray and hidden.dtype is self._dtype
+                and hidden.flags.c_contiguous and 0 < hidden.ndim < 3
+                and hidden.shape[-1] == self._d_model and hidden.size):
+            hidden = self._as_hidden(hidden)
+        if type(temperature) is not float or not 0.0 <= temperature <= _FLOAT_MAX:
+            temperature = check_temperature(temperature)
+        if type(top_k) is not int or not 0 < top_k <= self._streaming_top_k_max:
+            top_k = check_top_k(top_k, self._vocab_size)
+        if num_threads is None:
+            n_threads = self._default_threads
+        else:
+            n_threads = resolve_num_threads(num_threads, self._default_threads)
         if not self._parallel:
             n_threads = 1
 
-        n_states, vocab = batch.shape[0], self.vocab_size
-        sort_afterwards = k > STREAMING_TOP_K_MAX
-        logits = np.empty((n_states, vocab), self._dtype) if (
-            return_logits or sort_afterwards) else None
-        probs = np.empty((n_states, vocab), self._dtype) if (
-            return_probs or sort_afterwards) else None
-        kernel_k = 1 if sort_afterwards else k
-        tokens = np.empty((n_states, kernel_k), np.int64)
-        token_probs = np.empty((n_states, kernel_k), self._dtype)
-
-        n_bad = self._kernel.forward(batch, temperature, kernel_k, tokens, token_probs,
-                                     logits, probs, n_threads)
+        if top_k <= STREAMING_TOP_K_MAX:
+            n_bad, tokens, token_probs, logits, probs = self._kernel.forward(
+                hidden, temperature, top_k, return_logits, return_probs, n_threads)
+        else:
+            n_bad, _, _, logits, probs = self._kernel.forward(
+                hidden, temperature, 1, True, True, n_threads)
         if n_bad:
-            self._raise_non_finite(batch)
-        if sort_afterwards:
+            self._raise_non_finite(hidden)
+        if top_k > STREAMING_TOP_K_MAX:
             # Stable sort of the negated logits: best first, ties to the lower id.
-            tokens = np.argsort(-logits, axis=1, kind="stable")[:, :k]
-            token_probs = np.take_along_axis(probs, tokens, axis=1)
+            tokens = np.argsort(-logits, axis=-1, kind="stable")[..., :top_k].astype(np.int64)
+            token_probs = np.take_along_axis(probs, tokens, axis=-1)
+            logits = logits if return_logits else None
+            probs = probs if return_probs else None
+        return DraftResult(tokens, token_probs, logits, probs)
 
-        if single:
-            return DraftResult(tokens[0], token_probs[0],
-                               logits[0] if return_logits else None,
-                               probs[0] if return_probs else None)
-        return DraftResult(tokens, token_probs,
-                           logits if return_logits else None,
-                           probs if return_probs else None)
-
-    def _raise_non_finite(self, batch: np.ndarray) -> None:
-        bad_rows = np.flatnonzero(~np.isfinite(batch).all(axis=1))
+    def _raise_non_finite(self, hidden: np.ndarray) -> None:
+        bad_rows = np.flatnonzero(~np.isfinite(hidden.reshape(-1, self._d_model)).all(axis=1))
         if bad_rows.size:
             rows = ", ".join(str(r) for r in bad_rows[:10])
             raise ValueError(f"hidden contains NaN or inf (in state(s) {rows})")
