@@ -18,8 +18,24 @@ COMPILE_FLAGS = ""
 COMPILER = "none"
 
 
+# Rows per temporary in matvec(): about 1 MiB of products at a time.
+_MATVEC_CHUNK_ELEMENTS = 1 << 18
+
+
 def max_threads() -> int:
     return 1
+
+
+def matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    """``matrix @ vector`` with every row reduced by NumPy's pairwise sum, so
+    equal rows give equal results (BLAS gemv blocks rows and does not), which
+    keeps ties between tokens exact."""
+    n_rows, n_cols = matrix.shape
+    out = np.empty(n_rows, dtype=np.result_type(matrix, vector))
+    step = max(1, _MATVEC_CHUNK_ELEMENTS // n_cols)
+    for start in range(0, n_rows, step):
+        np.sum(matrix[start:start + step] * vector, axis=1, out=out[start:start + step])
+    return out
 
 
 def silu(v: np.ndarray) -> np.ndarray:
@@ -46,23 +62,36 @@ class KernelHead:
         """Run the head on ``hidden`` ((d_model,) or (B, d_model), of the head's
         dtype).  Returns ``(n_bad, tokens, token_probs, logits, probs)`` shaped
         like the compiled kernel's; n_bad counts states with a non-finite softmax."""
-        batch = hidden.reshape(-1, self.d_model)
+        if hidden.ndim == 1:
+            return self._forward_one(hidden, temperature, top_k, want_logits, want_probs)
+        # State by state, so a batch gives exactly the results of single calls.
+        results = [self._forward_one(state, temperature, top_k, want_logits, want_probs)
+                   for state in hidden]
+
+        def stacked(field: int) -> Optional[np.ndarray]:
+            if results[0][field] is None:
+                return None
+            return np.stack([result[field] for result in results])
+
+        n_bad = sum(result[0] for result in results)
+        return n_bad, stacked(1), stacked(2), stacked(3), stacked(4)
+
+    def _forward_one(self, state: np.ndarray, temperature: float, top_k: int,
+                     want_logits: bool, want_probs: bool
+                     ) -> tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
         with np.errstate(all="ignore"):
-            x = silu(batch @ self.weight.T + self.bias)
-            scores = x @ self.lm_head.T
+            x = silu(matvec(self.weight, state) + self.bias)
+            scores = matvec(self.lm_head, x)
             if temperature > 0:
                 scores = scores / scores.dtype.type(temperature)
             wide = scores.astype(np.float64)
-            row_max = wide.max(axis=1, keepdims=True)
-            shifted = np.exp(wide - row_max)
-            total = shifted.sum(axis=1, keepdims=True)
-        n_bad = int((~(np.isfinite(row_max) & np.isfinite(total))).sum())
+            top = wide.max()
+            shifted = np.exp(wide - top)
+            total = shifted.sum()
+        n_bad = 0 if (np.isfinite(top) and np.isfinite(total)) else 1
         # Stable sort of the negated scores: best first, ties to the lower id.
-        tokens = np.argsort(-scores, axis=1, kind="stable")[:, :top_k].astype(np.int64)
-        token_probs = (np.take_along_axis(shifted, tokens, axis=1) / total).astype(scores.dtype)
+        tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64)
+        token_probs = (shifted[tokens] / total).astype(scores.dtype)
         logits = scores if want_logits else None
         probs = (shifted / total).astype(scores.dtype) if want_probs else None
-        if hidden.ndim == 1:
-            return (n_bad, tokens[0], token_probs[0], None if logits is None else logits[0],
-                    None if probs is None else probs[0])
         return n_bad, tokens, token_probs, logits, probs

@@ -30,6 +30,13 @@ def _as_array(value: Any, name: str) -> np.ndarray:
 def real_array(value: Any, name: str) -> np.ndarray:
     """``value`` as an ndarray of a real numeric dtype (not yet converted)."""
     array = _as_array(value, name)
+    if array.dtype == object and all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in array.flat):
+        # Python ints beyond int64 land in object arrays; as numbers they are fine.
+        try:
+            array = array.astype(np.float64)
+        except OverflowError:
+            raise ValueError(f"{name} holds a number too large for float64") from None
     kind = array.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real, got complex dtype {array.dtype}")
@@ -56,7 +63,9 @@ def resolve_dtype(arrays: dict[str, np.ndarray], dtype: Optional[Any]) -> np.dty
         if resolved not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {resolved}")
         return resolved
-    float_kinds = {name: a.dtype for name, a in arrays.items() if a.dtype.kind == "f"}
+    # Byte order does not matter here: conversion to native order is free of loss.
+    float_kinds = {name: a.dtype.newbyteorder("=") for name, a in arrays.items()
+                   if a.dtype.kind == "f"}
     for name, found in float_kinds.items():
         if found not in FLOAT_DTYPES:
             raise TypeError(
@@ -89,7 +98,10 @@ def check_temperature(temperature: Any) -> float:
     """Finite and >= 0 (0 means no scaling, as the spec); anything else is a ValueError."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(f"temperature must be a real number, got {temperature!r}")
-    value = float(temperature)
+    try:
+        value = float(temperature)
+    except OverflowError:
+        value = math.inf
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
     return value

@@ -1,18 +1,21 @@
 # Fused draft-head kernel: x = SiLU(W h + b), logits = L x / T, softmax, top-k.
 #
-# Two passes over the weights, each streaming its matrix exactly once:
-#   pass 1  projection + bias + SiLU into a small scratch x (B x d_proj);
-#   pass 2  LM-head dot products fused with the softmax statistics (running
-#           max and sum of exp) and the top-k selection.
-# Rows are split into one contiguous chunk per thread; every chunk keeps its
-# own softmax statistics and top-k list, merged after the loop.  Vocab-sized
-# arrays are written only when the caller asks for logits or probabilities.
+# Two passes over the weights, each streaming its matrix from memory once:
+#   pass 1  projection dot products, then bias + SiLU, into a scratch x (B x d_proj);
+#   pass 2  LM-head dot products, then per chunk of rows the softmax statistics
+#           (running max and sum of exp) and the top-k selection, read back while
+#           the chunk's logits are still in cache.
+# Rows are split into one contiguous chunk per thread; every chunk keeps its own
+# softmax statistics and top-k list, merged after the loop.
 #
-# Inner loops: for one state, 4 rows spread over the chunk (4 long
-# concurrent read streams per thread) against x; for a batch, 2 rows x 4
-# states, so each weight row is read from memory once for all states.  The
-# module is compiled with reassociation allowed (see CMakeLists.txt), which
-# lets the compiler turn every accumulator into a SIMD vector of partial sums.
+# Dot products: every one is computed with the same arithmetic whatever the
+# batch size or thread count -- 8 SIMD lanes of partial sums per block of
+# COL_BLOCK columns (_dot_kernels.h), blocks summed in order -- so a batch
+# gives bit-identical results to the same states one by one.
+# Register blocking: one state uses 4 rows spread over the chunk (4 long read
+# streams per thread); a batch uses 2 rows x 4 states per step, looping over
+# ROW_BLOCK rows while 4 states' column block stays in L1, so each weight row
+# is read from memory once for all states.
 #
 # Callers (eagle_fast._head) pass validated, C-contiguous arrays of one dtype;
 # outputs are allocated here through NumPy's C API, which keeps a small call
@@ -23,6 +26,7 @@ from cython.parallel cimport parallel, prange
 from libc.math cimport INFINITY, exp, fabs, isfinite
 from libc.stdint cimport INT64_MAX, int64_t
 from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 cimport numpy as cnp
 
@@ -35,6 +39,10 @@ OPENMP = bool(_openmp_helpers.EAGLE_FAST_OPENMP)
 SIMD = _build_info.EAGLE_FAST_SIMD.decode()
 COMPILE_FLAGS = _build_info.EAGLE_FAST_COMPILE_FLAGS.decode()
 COMPILER = _build_info.EAGLE_FAST_COMPILER.decode()
+
+cdef enum:
+    COL_BLOCK = 1024   # columns per block for many states: 4 states x 4 KiB in L1
+    ROW_BLOCK = 24     # rows that reuse one block of states (batched path; 3 | 24)
 
 
 def max_threads():
@@ -63,85 +71,151 @@ def cpu_has_x86_64_v3():
 
 
 # ---------------------------------------------------------------------------
-# Dot-product micro-kernels.  Independent accumulators per (row, state) pair;
-# with reassociation each becomes a vector register of partial sums.
+# Dot-product micro-kernels (_dot_kernels.h): 8 lanes of partial sums per
+# (row, state), kept in a lane buffer between column blocks, then reduced in a
+# fixed order; every path computes bit-identical dot products.
 # ---------------------------------------------------------------------------
 
-cdef inline floating dot_1x1(const floating* row, const floating* x,
-                             Py_ssize_t n) noexcept nogil:
-    cdef floating acc = 0
-    cdef Py_ssize_t j
-    for j in range(n):
-        acc += row[j] * x[j]
-    return acc
+cdef extern from "_dot_kernels.h" nogil:
+    void ef_acc_1x1_f32(const float* row, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_1x1_f64(const double* row, const double* x, Py_ssize_t n, double* acc)
+    void ef_acc_4x1_f32(const float* r0, const float* r1, const float* r2,
+                        const float* r3, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_4x1_f64(const double* r0, const double* r1, const double* r2,
+                        const double* r3, const double* x, Py_ssize_t n, double* acc)
+    void ef_acc_3x4_f32(const float* r0, const float* r1, const float* r2,
+                        const float* x0, const float* x1, const float* x2,
+                        const float* x3, Py_ssize_t n, float* acc0, float* acc1,
+                        float* acc2)
+    void ef_acc_3x4_f64(const double* r0, const double* r1, const double* r2,
+                        const double* x0, const double* x1, const double* x2,
+                        const double* x3, Py_ssize_t n, double* acc0, double* acc1,
+                        double* acc2)
+    float ef_finish_f32(const float* acc, const float* row, const float* x,
+                        Py_ssize_t n_vec, Py_ssize_t n)
+    double ef_finish_f64(const double* acc, const double* row, const double* x,
+                         Py_ssize_t n_vec, Py_ssize_t n)
 
 
-cdef inline void dot_4x1(const floating* r0, const floating* r1,
-                         const floating* r2, const floating* r3,
-                         const floating* x, Py_ssize_t n,
-                         floating* out) noexcept nogil:
-    cdef floating a0 = 0, a1 = 0, a2 = 0, a3 = 0, xj
-    cdef Py_ssize_t j
-    for j in range(n):
-        xj = x[j]
-        a0 += r0[j] * xj
-        a1 += r1[j] * xj
-        a2 += r2[j] * xj
-        a3 += r3[j] * xj
-    out[0] = a0
-    out[1] = a1
-    out[2] = a2
-    out[3] = a3
+cdef enum:
+    LANES = 8          # partial sums per dot product (_dot_kernels.h)
 
 
-cdef inline void dot_2x4(const floating* r0, const floating* r1,
-                         const floating* x0, const floating* x1,
-                         const floating* x2, const floating* x3,
-                         Py_ssize_t n, floating* out) noexcept nogil:
-    # out[u * 4 + s] = row u . state s
-    cdef floating a00 = 0, a01 = 0, a02 = 0, a03 = 0
-    cdef floating a10 = 0, a11 = 0, a12 = 0, a13 = 0
-    cdef floating w0, w1
-    cdef Py_ssize_t j
-    for j in range(n):
-        w0 = r0[j]
-        w1 = r1[j]
-        a00 += w0 * x0[j]
-        a01 += w0 * x1[j]
-        a02 += w0 * x2[j]
-        a03 += w0 * x3[j]
-        a10 += w1 * x0[j]
-        a11 += w1 * x1[j]
-        a12 += w1 * x2[j]
-        a13 += w1 * x3[j]
-    out[0] = a00
-    out[1] = a01
-    out[2] = a02
-    out[3] = a03
-    out[4] = a10
-    out[5] = a11
-    out[6] = a12
-    out[7] = a13
+cdef inline void acc_1x1(const floating* row, const floating* x, Py_ssize_t n,
+                         floating* acc) noexcept nogil:
+    if floating is float:
+        ef_acc_1x1_f32(row, x, n, acc)
+    else:
+        ef_acc_1x1_f64(row, x, n, acc)
+
+
+cdef inline void acc_4x1(const floating* r0, const floating* r1, const floating* r2,
+                         const floating* r3, const floating* x, Py_ssize_t n,
+                         floating* acc) noexcept nogil:
+    if floating is float:
+        ef_acc_4x1_f32(r0, r1, r2, r3, x, n, acc)
+    else:
+        ef_acc_4x1_f64(r0, r1, r2, r3, x, n, acc)
+
+
+cdef inline void acc_3x4(const floating* r0, const floating* r1, const floating* r2,
+                         const floating* x0, const floating* x1, const floating* x2,
+                         const floating* x3, Py_ssize_t n, floating* acc0,
+                         floating* acc1, floating* acc2) noexcept nogil:
+    if floating is float:
+        ef_acc_3x4_f32(r0, r1, r2, x0, x1, x2, x3, n, acc0, acc1, acc2)
+    else:
+        ef_acc_3x4_f64(r0, r1, r2, x0, x1, x2, x3, n, acc0, acc1, acc2)
+
+
+cdef inline floating finish(const floating* acc, const floating* row, const floating* x,
+                            Py_ssize_t n_vec, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        return ef_finish_f32(acc, row, x, n_vec, n)
+    else:
+        return ef_finish_f64(acc, row, x, n_vec, n)
 
 
 # ---------------------------------------------------------------------------
-# Epilogues: what happens to each finished dot product.
+# products[s, r] = states[s] . weight[r] for the rows of one chunk.
 # ---------------------------------------------------------------------------
 
-cdef struct Epilogue:
-    bint projection          # pass 1: bias + SiLU into x_out; else pass 2
-    const void* bias         # pass 1
-    void* x_out              # pass 1: (n_states, n_rows)
-    void* logits             # pass 2: (n_states, vocab) or NULL
-    double temperature       # pass 2: <= 0 means no scaling (as the spec)
-    Py_ssize_t n_rows
-    Py_ssize_t n_states
-    Py_ssize_t top_k
-    double* chunk_max        # pass 2: (n_chunks, n_states) running max
-    double* chunk_sum        # pass 2: (n_chunks, n_states) sum of exp(l - max)
-    void* top_values         # pass 2: (n_chunks, n_states, top_k), best first
-    int64_t* top_ids
+cdef inline Py_ssize_t lane_buffer_size(Py_ssize_t n_states) noexcept nogil:
+    """Lane-buffer elements one chunk needs (see chunk_products)."""
+    return max(4, ROW_BLOCK * n_states) * LANES
 
+
+cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop,
+                         const floating* weight, Py_ssize_t n_rows, Py_ssize_t n_cols,
+                         const floating* states, Py_ssize_t n_states,
+                         floating* products, floating* lanes) noexcept nogil:
+    cdef Py_ssize_t n_vec = n_cols - n_cols % LANES
+    cdef Py_ssize_t r, s, u, row0, col0, width, col_block, n_block_rows, n_grouped_rows, stride
+    cdef Py_ssize_t block, col_step
+    cdef Py_ssize_t n_grouped = n_states - n_states % 4
+    cdef const floating* x
+    cdef const floating* w
+    cdef floating* acc
+
+    if n_states == 1:
+        # Rows r, r + q, r + 2q, r + 3q: four long read streams, one x.
+        stride = (stop - start) // 4
+        for r in range(start, start + stride):
+            w = weight + r * n_cols
+            memset(lanes, 0, 4 * LANES * sizeof(floating))
+            acc_4x1(w, w + stride * n_cols, w + 2 * stride * n_cols,
+                    w + 3 * stride * n_cols, states, n_vec, lanes)
+            for u in range(4):
+                products[r + u * stride] = finish(
+                    lanes + u * LANES, w + u * stride * n_cols, states, n_vec, n_cols)
+        for r in range(start + 4 * stride, stop):
+            w = weight + r * n_cols
+            memset(lanes, 0, LANES * sizeof(floating))
+            acc_1x1(w, states, n_vec, lanes)
+            products[r] = finish(lanes, w, states, n_vec, n_cols)
+        return
+
+    # Batched: ROW_BLOCK rows against groups of 4 states, 3 rows x 4 states
+    # per step.  Few states fit in cache whole, so rows stream in one piece;
+    # many states are cut into column blocks that stay in L1.
+    col_block = n_vec if n_states <= 8 else COL_BLOCK
+    for block in range((stop - start + ROW_BLOCK - 1) // ROW_BLOCK):
+        row0 = start + block * ROW_BLOCK
+        n_block_rows = min(<Py_ssize_t> ROW_BLOCK, stop - row0)
+        n_grouped_rows = n_block_rows - n_block_rows % 3
+        memset(lanes, 0, n_block_rows * n_states * LANES * sizeof(floating))
+        for col_step in range((n_vec + col_block - 1) // col_block if col_block else 0):
+            col0 = col_step * col_block
+            width = min(col_block, n_vec - col0)
+            for s in range(0, n_grouped, 4):
+                x = states + s * n_cols + col0
+                for r in range(0, n_grouped_rows, 3):
+                    w = weight + (row0 + r) * n_cols + col0
+                    acc = lanes + (r * n_states + s) * LANES
+                    acc_3x4(w, w + n_cols, w + 2 * n_cols, x, x + n_cols, x + 2 * n_cols,
+                            x + 3 * n_cols, width, acc, acc + n_states * LANES,
+                            acc + 2 * n_states * LANES)
+                for r in range(n_grouped_rows, n_block_rows):
+                    w = weight + (row0 + r) * n_cols + col0
+                    for u in range(4):
+                        acc_1x1(w, x + u * n_cols, width,
+                                lanes + (r * n_states + s + u) * LANES)
+            for s in range(n_grouped, n_states):
+                x = states + s * n_cols + col0
+                for r in range(n_block_rows):
+                    acc_1x1(weight + (row0 + r) * n_cols + col0, x, width,
+                            lanes + (r * n_states + s) * LANES)
+        for r in range(n_block_rows):
+            w = weight + (row0 + r) * n_cols
+            for s in range(n_states):
+                products[s * n_rows + row0 + r] = finish(
+                    lanes + (r * n_states + s) * LANES, w, states + s * n_cols,
+                    n_vec, n_cols)
+
+
+# ---------------------------------------------------------------------------
+# Epilogues.
+# ---------------------------------------------------------------------------
 
 cdef inline floating silu(floating v) noexcept nogil:
     # The spec's cut-off: beyond |v| >= 500 the sigmoid is exactly 1 or 0.
@@ -150,6 +224,16 @@ cdef inline floating silu(floating v) noexcept nogil:
     elif v > 0:
         return v
     return v * 0   # -0.0 for finite v, NaN for NaN/-inf, like the spec
+
+
+cdef void projection_chunk(Py_ssize_t start, Py_ssize_t stop, const floating* bias,
+                           floating* x, Py_ssize_t d_proj,
+                           Py_ssize_t n_states) noexcept nogil:
+    """x[s, i] = SiLU(x[s, i] + b[i]) in place."""
+    cdef Py_ssize_t s, i
+    for s in range(n_states):
+        for i in range(start, stop):
+            x[s * d_proj + i] = silu(x[s * d_proj + i] + bias[i])
 
 
 cdef inline bint ranks_before(floating v1, int64_t i1,
@@ -172,127 +256,74 @@ cdef inline void topk_insert(floating* values, int64_t* ids, Py_ssize_t k,
     ids[pos] = i
 
 
-cdef inline void emit(const Epilogue* ep, Py_ssize_t chunk, Py_ssize_t row,
-                      Py_ssize_t state, floating value) noexcept nogil:
-    cdef Py_ssize_t slot
-    cdef double logit, m
-    if ep.projection:
-        value = value + (<const floating*> ep.bias)[row]
-        (<floating*> ep.x_out)[state * ep.n_rows + row] = silu(value)
-        return
-    if ep.temperature > 0:
-        value = value / <floating> ep.temperature
-    if ep.logits != NULL:
-        (<floating*> ep.logits)[state * ep.n_rows + row] = value
-    slot = chunk * ep.n_states + state
-    # Online softmax: keep sum(exp(l - max)) exact under a moving max.
-    logit = value
-    m = ep.chunk_max[slot]
-    if logit > m:
-        ep.chunk_sum[slot] = ep.chunk_sum[slot] * exp(m - logit) + 1.0
-        ep.chunk_max[slot] = logit
-    else:
-        ep.chunk_sum[slot] += exp(logit - m)
-    topk_insert((<floating*> ep.top_values) + slot * ep.top_k,
-                ep.top_ids + slot * ep.top_k, ep.top_k, value, row)
+cdef void softmax_topk_chunk(Py_ssize_t start, Py_ssize_t stop, floating* logits,
+                             Py_ssize_t vocab, Py_ssize_t n_states, double temperature,
+                             Py_ssize_t top_k, double* chunk_max, double* chunk_sum,
+                             floating* top_values, int64_t* top_ids) noexcept nogil:
+    """Scale the chunk's logits by 1/T in place, then fold them, in row order,
+    into this chunk's softmax statistics and top-k list of every state."""
+    cdef Py_ssize_t s, r
+    cdef floating value
+    cdef double m, total
+    cdef floating* row_logits
+    for s in range(n_states):
+        row_logits = logits + s * vocab
+        m = -INFINITY
+        total = 0.0
+        for r in range(start, stop):
+            value = row_logits[r]
+            if temperature > 0:
+                value = value / <floating> temperature
+                row_logits[r] = value
+            # Online softmax: sum(exp(l - max)) stays exact under a moving max.
+            if value > m:
+                total = total * exp(m - value) + 1.0
+                m = value
+            else:
+                total += exp(value - m)
+            topk_insert(top_values + s * top_k, top_ids + s * top_k, top_k, value, r)
+        chunk_max[s] = m
+        chunk_sum[s] = total
 
 
-# ---------------------------------------------------------------------------
-# One chunk of rows of a weight matrix against every state.
-# ---------------------------------------------------------------------------
-
-cdef void rows_times_states(Py_ssize_t chunk, Py_ssize_t n_chunks,
-                            const floating* weight, Py_ssize_t n_rows,
-                            Py_ssize_t n_cols, const floating* states,
-                            Py_ssize_t n_states, const Epilogue* ep) noexcept nogil:
-    cdef Py_ssize_t start = n_rows * chunk // n_chunks
-    cdef Py_ssize_t stop = n_rows * (chunk + 1) // n_chunks
-    cdef Py_ssize_t r, s, u, stride, blocked_stop
-    cdef floating out[8]
-    cdef const floating* x
-
-    if n_states == 1:
-        # Rows r, r + q, r + 2q, r + 3q: four long streams, one pass over x.
-        stride = (stop - start) // 4
-        for r in range(start, start + stride):
-            dot_4x1(weight + r * n_cols,
-                    weight + (r + stride) * n_cols,
-                    weight + (r + 2 * stride) * n_cols,
-                    weight + (r + 3 * stride) * n_cols,
-                    states, n_cols, out)
-            for u in range(4):
-                emit(ep, chunk, r + u * stride, 0, out[u])
-        for r in range(start + 4 * stride, stop):
-            emit(ep, chunk, r, 0, dot_1x1(weight + r * n_cols, states, n_cols))
-        return
-
-    # Batched: rows r and r + q against 4 states at a time; each weight row
-    # is streamed from memory once and reused from cache for every state.
-    stride = (stop - start) // 2
-    blocked_stop = n_states - n_states % 4
-    for r in range(start, start + stride):
-        for s in range(0, blocked_stop, 4):
-            x = states + s * n_cols
-            dot_2x4(weight + r * n_cols, weight + (r + stride) * n_cols,
-                    x, x + n_cols, x + 2 * n_cols, x + 3 * n_cols, n_cols, out)
-            for u in range(4):
-                emit(ep, chunk, r, s + u, out[u])
-                emit(ep, chunk, r + stride, s + u, out[4 + u])
-        for s in range(blocked_stop, n_states):
-            x = states + s * n_cols
-            emit(ep, chunk, r, s, dot_1x1(weight + r * n_cols, x, n_cols))
-            emit(ep, chunk, r + stride, s,
-                 dot_1x1(weight + (r + stride) * n_cols, x, n_cols))
-    for r in range(start + 2 * stride, stop):
-        for s in range(n_states):
-            emit(ep, chunk, r, s,
-                 dot_1x1(weight + r * n_cols, states + s * n_cols, n_cols))
-
-
-# ---------------------------------------------------------------------------
-# Merging per-chunk results.
-# ---------------------------------------------------------------------------
-
-cdef bint merge_state(const Epilogue* ep, Py_ssize_t n_chunks, Py_ssize_t state,
+cdef bint merge_state(Py_ssize_t n_chunks, Py_ssize_t n_states, Py_ssize_t state,
+                      Py_ssize_t top_k, const double* chunk_max, const double* chunk_sum,
+                      const floating* top_values, const int64_t* top_ids,
                       floating* best_values, int64_t* best_ids,
                       floating* token_probs, double* max_out,
                       double* sum_out) noexcept nogil:
     """Combine the chunks' statistics and top-k lists of one state; False if
     the softmax is not finite (non-finite inputs or overflow)."""
-    cdef Py_ssize_t c, r, slot, k = ep.top_k
+    cdef Py_ssize_t c, r, slot
     cdef double m = -INFINITY, total = 0.0
-    cdef const floating* values
     for c in range(n_chunks):
-        slot = c * ep.n_states + state
-        if ep.chunk_max[slot] > m:
-            m = ep.chunk_max[slot]
+        slot = c * n_states + state
+        if chunk_max[slot] > m:
+            m = chunk_max[slot]
     for c in range(n_chunks):
-        slot = c * ep.n_states + state
-        total += ep.chunk_sum[slot] * exp(ep.chunk_max[slot] - m)
+        slot = c * n_states + state
+        total += chunk_sum[slot] * exp(chunk_max[slot] - m)
     if not (isfinite(m) and isfinite(total)):
         return False
-    for r in range(k):
+    for r in range(top_k):
         best_values[r] = -INFINITY
         best_ids[r] = INT64_MAX
     for c in range(n_chunks):
-        slot = (c * ep.n_states + state) * k
-        values = (<const floating*> ep.top_values) + slot
-        for r in range(k):
-            if ep.top_ids[slot + r] == INT64_MAX:
+        slot = (c * n_states + state) * top_k
+        for r in range(top_k):
+            if top_ids[slot + r] == INT64_MAX:
                 break
-            topk_insert(best_values, best_ids, k, values[r], ep.top_ids[slot + r])
-    for r in range(k):
+            topk_insert(best_values, best_ids, top_k, top_values[slot + r],
+                        top_ids[slot + r])
+    for r in range(top_k):
         token_probs[r] = <floating> (exp(best_values[r] - m) / total)
     max_out[0] = m
     sum_out[0] = total
     return True
 
 
-cdef void probs_chunk(Py_ssize_t chunk, Py_ssize_t n_chunks, const floating* logits,
-                      floating* probs, Py_ssize_t vocab, double m,
-                      double total) noexcept nogil:
-    cdef Py_ssize_t start = vocab * chunk // n_chunks
-    cdef Py_ssize_t stop = vocab * (chunk + 1) // n_chunks
+cdef void probs_chunk(Py_ssize_t start, Py_ssize_t stop, const floating* logits,
+                      floating* probs, double m, double total) noexcept nogil:
     cdef Py_ssize_t v
     for v in range(start, stop):
         probs[v] = <floating> (exp(logits[v] - m) / total)
@@ -301,6 +332,37 @@ cdef void probs_chunk(Py_ssize_t chunk, Py_ssize_t n_chunks, const floating* log
 # ---------------------------------------------------------------------------
 # The whole forward pass for one dtype.
 # ---------------------------------------------------------------------------
+
+cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t chunk,
+                                   Py_ssize_t n_chunks) noexcept nogil:
+    return n * chunk // n_chunks
+
+
+cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const floating* weight,
+                         const floating* bias, Py_ssize_t d_model, Py_ssize_t d_proj,
+                         const floating* hidden, Py_ssize_t n_states,
+                         floating* x, floating* lanes) noexcept nogil:
+    cdef Py_ssize_t start = chunk_start(d_proj, c, n_chunks)
+    cdef Py_ssize_t stop = chunk_start(d_proj, c + 1, n_chunks)
+    chunk_products(start, stop, weight, d_proj, d_model, hidden, n_states, x,
+                   lanes + c * lane_buffer_size(n_states))
+    projection_chunk(start, stop, bias, x, d_proj, n_states)
+
+
+cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const floating* lm_head,
+                         Py_ssize_t d_proj, Py_ssize_t vocab, const floating* x,
+                         Py_ssize_t n_states, floating* logits, double temperature,
+                         Py_ssize_t top_k, double* stats, floating* top_values,
+                         int64_t* top_ids, floating* lanes) noexcept nogil:
+    cdef Py_ssize_t start = chunk_start(vocab, c, n_chunks)
+    cdef Py_ssize_t stop = chunk_start(vocab, c + 1, n_chunks)
+    cdef Py_ssize_t slot = c * n_states
+    chunk_products(start, stop, lm_head, vocab, d_proj, x, n_states, logits,
+                   lanes + c * lane_buffer_size(n_states))
+    softmax_topk_chunk(start, stop, logits, vocab, n_states, temperature, top_k,
+                       stats + slot, stats + n_chunks * n_states + slot,
+                       top_values + slot * top_k, top_ids + slot * top_k)
+
 
 cdef Py_ssize_t forward_impl(const floating* weight, const floating* bias,
                              const floating* lm_head, Py_ssize_t d_model,
@@ -315,85 +377,65 @@ cdef Py_ssize_t forward_impl(const floating* weight, const floating* bias,
     cdef Py_ssize_t n_slots = n_chunks * n_states
     cdef Py_ssize_t c, s, i, n_bad = 0
     cdef double m, total
-    cdef Epilogue projection, head
-    cdef const Epilogue* projection_ep = &projection
-    cdef const Epilogue* head_ep = &head
     cdef floating* x = <floating*> malloc(n_states * d_proj * sizeof(floating))
     cdef double* stats = <double*> malloc(2 * n_slots * sizeof(double))
-    cdef floating* top_values = <floating*> malloc(
-        (n_slots * top_k + top_k) * sizeof(floating))
-    cdef int64_t* top_ids = <int64_t*> malloc((n_slots * top_k + top_k) * sizeof(int64_t))
+    # Per-chunk top-k lists, then room for one merged list.
+    cdef floating* top_values = <floating*> malloc((n_slots + 1) * top_k * sizeof(floating))
+    cdef int64_t* top_ids = <int64_t*> malloc((n_slots + 1) * top_k * sizeof(int64_t))
+    # Per-chunk lane buffers of the dot-product kernels.
+    cdef floating* lanes = <floating*> malloc(
+        n_chunks * lane_buffer_size(n_states) * sizeof(floating))
     cdef floating* logits_scratch = NULL
-    if probs != NULL and logits == NULL:
+    if logits == NULL:
         logits = logits_scratch = <floating*> malloc(n_states * vocab * sizeof(floating))
     try:
         if (x == NULL or stats == NULL or top_values == NULL or top_ids == NULL
-                or (probs != NULL and logits == NULL)):
+                or lanes == NULL or logits == NULL):
             with gil:
                 raise MemoryError()
-        for i in range(n_slots):
-            stats[i] = -INFINITY
-            stats[n_slots + i] = 0.0
         for i in range(n_slots * top_k):
             top_values[i] = -INFINITY
             top_ids[i] = INT64_MAX
 
-        projection.projection = True
-        projection.bias = bias
-        projection.x_out = x
-        projection.n_rows = d_proj
-        projection.n_states = n_states
-
-        head.projection = False
-        head.logits = logits
-        head.temperature = temperature
-        head.n_rows = vocab
-        head.n_states = n_states
-        head.top_k = top_k
-        head.chunk_max = stats
-        head.chunk_sum = stats + n_slots
-        head.top_values = top_values
-        head.top_ids = top_ids
-
         if n_threads == 1:
-            # Small problems: no OpenMP region, so a call costs microseconds.
-            rows_times_states(0, 1, weight, d_proj, d_model, hidden, n_states,
-                              projection_ep)
-            rows_times_states(0, 1, lm_head, vocab, d_proj, x, n_states, head_ep)
+            # Small problems: no OpenMP region, so a call costs about a microsecond.
+            pass_one_chunk(0, 1, weight, bias, d_model, d_proj, hidden, n_states, x, lanes)
+            pass_two_chunk(0, 1, lm_head, d_proj, vocab, x, n_states, logits,
+                           temperature, top_k, stats, top_values, top_ids, lanes)
         else:
             with parallel(num_threads=n_threads):
                 for c in prange(n_chunks, schedule='static'):
-                    rows_times_states(c, n_chunks, weight, d_proj, d_model,
-                                      hidden, n_states, projection_ep)
+                    pass_one_chunk(c, n_chunks, weight, bias, d_model, d_proj,
+                                   hidden, n_states, x, lanes)
                 for c in prange(n_chunks, schedule='static'):
-                    rows_times_states(c, n_chunks, lm_head, vocab, d_proj,
-                                      x, n_states, head_ep)
+                    pass_two_chunk(c, n_chunks, lm_head, d_proj, vocab, x, n_states,
+                                   logits, temperature, top_k, stats, top_values, top_ids,
+                                   lanes)
 
-        # The merged top-k of a state goes to spare space past the chunks'.
         for s in range(n_states):
-            if not merge_state(head_ep, n_chunks, s,
-                               top_values + n_slots * top_k,
-                               top_ids + n_slots * top_k,
-                               token_probs + s * top_k, &m, &total):
+            if not merge_state(n_chunks, n_states, s, top_k, stats, stats + n_slots,
+                               top_values, top_ids, top_values + n_slots * top_k,
+                               top_ids + n_slots * top_k, token_probs + s * top_k,
+                               &m, &total):
                 n_bad += 1
                 continue
             for i in range(top_k):
                 tokens[s * top_k + i] = top_ids[n_slots * top_k + i]
             if probs != NULL:
                 if n_threads == 1:
-                    probs_chunk(0, 1, logits + s * vocab, probs + s * vocab,
-                                vocab, m, total)
+                    probs_chunk(0, vocab, logits + s * vocab, probs + s * vocab, m, total)
                 else:
-                    for c in prange(n_chunks, schedule='static',
-                                    num_threads=n_threads):
-                        probs_chunk(c, n_chunks, logits + s * vocab,
-                                    probs + s * vocab, vocab, m, total)
+                    for c in prange(n_chunks, schedule='static', num_threads=n_threads):
+                        probs_chunk(chunk_start(vocab, c, n_chunks),
+                                    chunk_start(vocab, c + 1, n_chunks),
+                                    logits + s * vocab, probs + s * vocab, m, total)
         return n_bad
     finally:
         free(x)
         free(stats)
         free(top_values)
         free(top_ids)
+        free(lanes)
         free(logits_scratch)
 
 
