@@ -88,10 +88,14 @@ def _from_environment() -> Backend:
     simd = os.environ.get("EAGLE_FAST_SIMD", "auto").strip().lower() or "auto"
     simd_level = None if simd == "auto" else simd
     if requested == "auto":
-        return load("compiled", simd_level) if compiled_available() else load("python")
+        requested = "compiled" if compiled_available() else "python"
     if requested not in BACKENDS:
         raise ImportError(
             f"EAGLE_FAST_BACKEND={requested!r} is not one of 'auto', 'compiled', 'python'"
+        )
+    if simd_level is not None and simd_level not in SIMD_LEVELS:
+        raise ImportError(
+            f"EAGLE_FAST_SIMD={simd!r} is not one of 'auto', 'x86-64-v3', 'baseline'"
         )
     return load(requested, simd_level)
 

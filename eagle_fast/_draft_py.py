@@ -83,7 +83,8 @@ class KernelHead:
             x = silu(matvec(self.weight, state) + self.bias)
             scores = matvec(self.lm_head, x)
             if temperature > 0:
-                scores = scores / scores.dtype.type(temperature)
+                # Divide in float64: a tiny T must not underflow to 0 in float32.
+                scores = (scores.astype(np.float64) / temperature).astype(scores.dtype)
             wide = scores.astype(np.float64)
             top = wide.max()
             shifted = np.exp(wide - top)

@@ -66,10 +66,7 @@ def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projecti
                          f"d_proj = {d_proj}, got shape {lm_head.shape}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(f"temperature must be a real number, got {temperature!r}")
-    try:
-        temperature = float(temperature)
-    except OverflowError:  # a huge int: scaling by it is scaling by inf
-        temperature = math.inf if temperature > 0 else -math.inf
+    temperature = float(temperature)  # OverflowError for a huge int, as the spec
     if math.isnan(temperature):
         raise ValueError("temperature must not be NaN")
 

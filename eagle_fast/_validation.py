@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -121,7 +122,9 @@ def check_top_k(top_k: Any, vocab_size: int) -> int:
 
 def resolve_num_threads(num_threads: Any, default: int) -> int:
     """scikit-learn's convention: None -> the OpenMP default (honours
-    OMP_NUM_THREADS); n > 0 -> n; n < 0 -> default + 1 + n (-1 = all); 0 is an error."""
+    OMP_NUM_THREADS); n > 0 -> n; n < 0 -> default + 1 + n (-1 = all); 0 is an
+    error.  More threads than CPUs are capped at the CPU count: the kernels
+    are memory-bound and oversubscription only adds waiting."""
     if num_threads is None:
         return default
     if isinstance(num_threads, bool):
@@ -139,4 +142,4 @@ def resolve_num_threads(num_threads: Any, default: int) -> int:
                 f"num_threads={n} leaves no thread (the default is {default} threads)"
             )
         return resolved
-    return n
+    return min(n, max(default, os.cpu_count() or 1))

@@ -111,4 +111,17 @@ static inline T ef_finish_##suffix(const T* acc, const T* row, const T* x,      
 EF_DEFINE_DOTS(float, ef_f32x8, f32)
 EF_DEFINE_DOTS(double, ef_f64x8, f64)
 
+/* Memory read-bandwidth probe for the benchmarks: sums n floats (n a multiple
+ * of 64) as 8 concurrent sequential streams, 8 lanes each. */
+static inline float ef_sum_8_streams_f32(const float* data, ptrdiff_t n)
+{
+    ptrdiff_t part = n / 8, j;
+    ef_f32x8 a[8] = {{0}};
+    for (j = 0; j < part; j += EF_LANES)
+        for (int s = 0; s < 8; s++)
+            a[s] += EF_LOAD(ef_f32x8, data + s * part + j);
+    for (int s = 1; s < 8; s++) a[0] += a[s];
+    return ((a[0][0] + a[0][4]) + (a[0][2] + a[0][6])) + ((a[0][1] + a[0][5]) + (a[0][3] + a[0][7]));
+}
+
 #endif /* EAGLE_FAST_DOT_KERNELS_H */

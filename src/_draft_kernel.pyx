@@ -95,6 +95,7 @@ cdef extern from "_dot_kernels.h" nogil:
                         Py_ssize_t n_vec, Py_ssize_t n)
     double ef_finish_f64(const double* acc, const double* row, const double* x,
                          Py_ssize_t n_vec, Py_ssize_t n)
+    float ef_sum_8_streams_f32(const float* data, Py_ssize_t n)
 
 
 cdef enum:
@@ -273,7 +274,8 @@ cdef void softmax_topk_chunk(Py_ssize_t start, Py_ssize_t stop, floating* logits
         for r in range(start, stop):
             value = row_logits[r]
             if temperature > 0:
-                value = value / <floating> temperature
+                # Divide in double: a tiny T must not underflow to 0 in float32.
+                value = <floating> (value / temperature)
                 row_logits[r] = value
             # Online softmax: sum(exp(l - max)) stays exact under a moving max.
             if value > m:
@@ -437,6 +439,21 @@ cdef Py_ssize_t forward_impl(const floating* weight, const floating* bias,
         free(top_ids)
         free(lanes)
         free(logits_scratch)
+
+
+def read_probe(const float[::1] data, int n_threads):
+    """Read ``data`` once: each of ``n_threads`` threads sums its share as 8
+    concurrent streams.  Returns the sum.  bench/ times it as the machine's
+    memory read bandwidth, the limit of a single-state draft head."""
+    cdef Py_ssize_t block = 64 * 1024, n_blocks = data.shape[0] // block, i
+    cdef const float* base = &data[0]
+    cdef float total = 0
+    with nogil:
+        for i in prange(n_blocks, schedule='static', num_threads=n_threads):
+            total += ef_sum_8_streams_f32(base + i * block, block)
+        for i in range(n_blocks * block, data.shape[0]):
+            total += base[i]
+    return total
 
 
 cdef class KernelHead:

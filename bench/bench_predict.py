@@ -1,0 +1,698 @@
+"""Microbenchmark of eagle_fast's draft-head prediction against its alternatives.
+
+Usage::
+
+    python bench/bench_predict.py [--quick] [--sizes NAME|DxPxV ...]
+        [--batches 1 4 16 64] [--dtype float32|float64 ...] [--repeats N]
+        [--json PATH] [--plot PATH]
+
+The head is ``x = SiLU(W h + b)``, ``logits = L x / T``, ``softmax``, top-1,
+with random weights (scale 1/sqrt(fan_in), fixed seed) at each size
+``(d_model, d_proj, vocab)`` and batch size B.  Contenders:
+
+* ``eagle_fast`` compiled, best SIMD level, through a reused ``DraftHead``;
+* ``eagle_fast`` compiled, baseline SIMD level (when it differs);
+* ``eagle_fast`` Python (NumPy) fallback backend;
+* NumPy written by hand, as a user would;
+* PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
+* at tiny sizes and B = 1: the specification's plain-Python loops, and
+  ``eagle_fast.eagle_draft_from_hidden`` on lists;
+* read probes: eagle_fast's compiled ``read_probe`` sums every weight byte
+  once, on 1 thread and on all threads, 8 concurrent streams per thread.
+  The faster one is the reference bandwidth: at batch 1 a draft head is
+  memory-bound, so this is its speed limit.
+
+Methodology
+-----------
+* Everything runs in one process, alternately: after two warm-up calls of
+  each contender, every timed repeat runs each contender once (round-robin, with
+  the starting contender rotated), so slow drifts and noise from the machine
+  hit all contenders alike.  The reported time is the median of the repeats
+  (``time.perf_counter``; garbage collection is off while timing).
+* A call faster than 100 us is timed as an inner loop of many calls per
+  repeat (about 5 ms worth) and the loop time divided by the count.
+* An optional contender (the Python fallback) whose warm-up call takes longer
+  than ``OPTIONAL_MAX_CALL_S`` is skipped at that size and batch.
+* OpenBLAS worker threads busy-wait for a while after every NumPy BLAS call
+  and would steal the cores of whichever contender runs next.  The script
+  sets ``OPENBLAS_THREAD_TIMEOUT=4`` (the shortest spin, 2**4 cycles) before
+  importing NumPy unless it is already set.  ``OPENBLAS_CORETYPE`` is left as
+  the environment has it; the header prints the BLAS in use.
+* The predicted tokens of every contender are checked against NumPy's logits
+  for the same inputs: float64 runs must match exactly; float32 runs may
+  differ only on near-ties (top logits within rounding).  Anything else is
+  printed as a warning.
+
+Columns: median time per call; GB/s of weight bytes (W + b + L) per call;
+that bandwidth as a % of the read probe's; the speed ratio vs NumPy
+(``numpy_time / time``, > 1 means faster than NumPy) and vs PyTorch.
+
+Results go to ``--json`` (default ``bench/results/bench_predict.json``) and,
+when matplotlib is importable, a bar chart of the ratio vs NumPy to
+``--plot`` (default ``bench/results/bench_predict.png``).
+"""
+
+from __future__ import annotations
+
+import os
+
+# Must precede the NumPy import: OpenBLAS reads it when it starts its threads.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import asdict, dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Optional, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import eagle_fast  # noqa: E402
+from eagle_fast import _backend  # noqa: E402
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    torch = None
+
+SEED = 20240601
+TEMPERATURE = 1.0
+FAST_CALL_S = 100e-6          # calls faster than this are timed in an inner loop
+REPEAT_TARGET_S = 5e-3        # ... of about this long per repeat
+OPTIONAL_MAX_CALL_S = 2.0     # skip an optional contender slower than this per call
+SPEC_LOOPS_MAX_WEIGHTS = 10_000  # plain-Python loops only at sizes this small (B = 1)
+PROBE_MIN_BYTES = 1 << 20     # no read probe for heads that fit in cache
+DEFAULT_REPEATS = 9
+QUICK_REPEATS = 7
+F32_NEAR_TIE_RTOL = 1e-4      # float32 tokens may differ when logits are this close
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+NUMPY = "numpy"
+TORCH = "torch"
+PYTHON_FALLBACK = "eagle_fast python"
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    d_model: int
+    d_proj: int
+    vocab: int
+
+    @property
+    def n_weights(self) -> int:
+        return self.d_proj * self.d_model + self.d_proj + self.vocab * self.d_proj
+
+    @property
+    def shape_label(self) -> str:
+        return f"{self.d_model}x{self.d_proj}x{self.vocab}"
+
+
+SIZES = {
+    size.name: size for size in (
+        Size("tiny", 16, 8, 50),
+        Size("4k-1k-32k", 4096, 1024, 32000),
+        Size("4k-4k-32k", 4096, 4096, 32000),
+        Size("4k-4k-128k", 4096, 4096, 128256),
+    )
+}
+DEFAULT_SIZES = list(SIZES)
+QUICK_SIZES = ["tiny", "4k-4k-32k"]
+DEFAULT_BATCHES = [1, 4, 16, 64]
+QUICK_BATCHES = [1, 4]
+
+
+@dataclass
+class Contender:
+    name: str
+    run: Callable[[], Any]      # one call; returns the predicted token(s), or None (probes)
+    is_probe: bool = False
+    optional: bool = False      # may be skipped when too slow
+
+
+@dataclass
+class Measurement:
+    name: str
+    is_probe: bool = False
+    median_s: Optional[float] = None
+    times_s: list[float] = field(default_factory=list)
+    calls_per_repeat: int = 0
+    gbps: Optional[float] = None
+    pct_probe: Optional[float] = None
+    ratio_numpy: Optional[float] = None
+    ratio_torch: Optional[float] = None
+    check: str = ""             # token check vs NumPy's logits ("" for probes)
+    note: str = ""              # why it was skipped
+
+
+@dataclass
+class CaseResult:
+    size: str
+    d_model: int
+    d_proj: int
+    vocab: int
+    batch: int
+    dtype: str
+    weight_bytes: int
+    probe_gbps: Optional[float]
+    measurements: list[Measurement]
+
+
+# -- environment --------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory available to new allocations, or None when unknown."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def blas_info() -> list[dict[str, Any]]:
+    """The BLAS libraries NumPy (and torch) use: threadpoolctl's view when it
+    is importable, else NumPy's build configuration."""
+    try:
+        import threadpoolctl
+        return threadpoolctl.threadpool_info()
+    except ImportError:
+        config = np.show_config(mode="dicts")
+        return [config["Build Dependencies"]["blas"]]
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def collect_header() -> dict[str, Any]:
+    env_keys = ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
+                "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS",
+                "EAGLE_FAST_BACKEND", "EAGLE_FAST_SIMD")
+    memory = available_memory_bytes()
+    return {
+        "eagle_fast_version": eagle_fast.__version__,
+        "build_info": eagle_fast.build_info(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "eagle_fast_threads": eagle_fast.build_info()["max_threads"],
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "blas": blas_info(),
+        "environment": {key: os.environ[key] for key in env_keys if key in os.environ},
+        "memory_available_bytes": memory,
+    }
+
+
+def print_header(header: dict[str, Any]) -> None:
+    print("eagle_fast draft-head benchmark")
+    print(f"  eagle_fast   {header['eagle_fast_version']}")
+    for key, value in header["build_info"].items():
+        print(f"    {key:22s} {value}")
+    print(f"  CPU          {header['cpu']}")
+    print(f"  threads      {header['cpus']} CPUs, {header['usable_cpus']} usable; "
+          f"eagle_fast {header['eagle_fast_threads']}, torch {header['torch_threads']}")
+    print(f"  python       {header['python']}")
+    print(f"  numpy        {header['numpy']}")
+    print(f"  torch        {header['torch'] or 'not importable: torch contender skipped'}")
+    for lib in header["blas"]:
+        print("  BLAS         " + ", ".join(f"{k}={v}" for k, v in lib.items()
+                                           if k not in ("include directory", "pc file directory")))
+    for key, value in header["environment"].items():
+        print(f"  env          {key}={value}")
+    memory = header["memory_available_bytes"]
+    print(f"  memory       {format_bytes(memory)} available" if memory else
+          "  memory       unknown")
+    print()
+
+
+# -- formatting ---------------------------------------------------------------
+
+def format_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} us"
+    if seconds < 1.0:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.3f} s"
+
+
+def format_bytes(n: float) -> str:
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB", "GB"):
+        n /= 1000
+        if n < 1000:
+            break
+    return f"{n:.2f} {unit}"
+
+
+def format_optional(value: Optional[float], spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+# -- inputs -------------------------------------------------------------------
+
+def make_weights(size: Size, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W, b, L with entries ~ N(0, 1/fan_in), generated directly in ``dtype``."""
+    rng = np.random.default_rng([SEED, size.d_model, size.d_proj, size.vocab])
+    weight = rng.standard_normal((size.d_proj, size.d_model), dtype=dtype)
+    weight *= dtype.type(1 / math.sqrt(size.d_model))
+    bias = rng.standard_normal(size.d_proj, dtype=dtype)
+    bias *= dtype.type(0.1)
+    lm_head = rng.standard_normal((size.vocab, size.d_proj), dtype=dtype)
+    lm_head *= dtype.type(1 / math.sqrt(size.d_proj))
+    return weight, bias, lm_head
+
+
+def make_hidden(size: Size, batch: int, dtype: np.dtype) -> np.ndarray:
+    """One state of shape (d_model,) for B = 1, else (B, d_model)."""
+    rng = np.random.default_rng([SEED, batch, size.d_model])
+    shape = (size.d_model,) if batch == 1 else (batch, size.d_model)
+    return rng.standard_normal(shape, dtype=dtype)
+
+
+def memory_needed(size: Size, itemsize: int, max_batch: int) -> int:
+    """Weights plus the vocab-sized temporaries of NumPy, torch and the Python
+    fallback (a few copies of the logits, some in float64), plus slack."""
+    per_state = size.vocab * (4 * itemsize + 5 * 8)
+    return size.n_weights * itemsize + max_batch * per_state + 256 * 2**20
+
+
+# -- contenders ---------------------------------------------------------------
+
+def numpy_forward(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                  lm_head: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """The head in NumPy, written straightforwardly: (logits, probs)."""
+    x = hidden @ weight.T + bias
+    x = x / (1 + np.exp(-x))
+    logits = x @ lm_head.T / temperature
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = e / e.sum(axis=-1, keepdims=True)
+    return logits, probs
+
+
+def spec_python_loops(hidden: list[float], weight: list[list[float]], bias: list[float],
+                      lm_head: list[list[float]], temperature: float) -> int:
+    """The specification's computation as plain-Python loops on lists;
+    returns the predicted token (first index of the largest probability)."""
+    x = []
+    for row, b in zip(weight, bias):
+        acc = b
+        for w, h in zip(row, hidden):
+            acc += w * h
+        x.append(acc / (1 + math.exp(-acc)))
+    logits = []
+    for row in lm_head:
+        acc = 0.0
+        for w, v in zip(row, x):
+            acc += w * v
+        logits.append(acc / temperature if temperature > 0 else acc)
+    top = max(logits)
+    exps = [math.exp(v - top) for v in logits]
+    total = sum(exps)
+    probs = [e / total for e in exps]
+    return probs.index(max(probs))
+
+
+def head_on(backend: str, simd_level: Optional[str], weights: Sequence[np.ndarray]
+            ) -> eagle_fast.DraftHead:
+    """A DraftHead on the given backend; the active backend is restored after."""
+    previous = _backend.active()
+    _backend.use(backend, simd_level)
+    try:
+        return eagle_fast.DraftHead(*weights)
+    finally:
+        _backend.use(previous.name, previous.simd_level if previous.name == "compiled" else None)
+
+
+def draft_head_contender(name: str, head: eagle_fast.DraftHead, hidden: np.ndarray,
+                         optional: bool = False) -> Contender:
+    return Contender(name, lambda: head.predict(hidden, temperature=TEMPERATURE).tokens,
+                     optional=optional)
+
+
+def torch_contender(hidden: np.ndarray, weights: Sequence[np.ndarray]) -> Contender:
+    weight, bias, lm_head = (torch.from_numpy(a) for a in weights)   # shares memory
+
+    def run() -> np.ndarray:
+        with torch.inference_mode():
+            x = F.silu(F.linear(torch.from_numpy(hidden), weight, bias))
+            logits = F.linear(x, lm_head) / TEMPERATURE
+            probs = torch.softmax(logits, dim=-1)
+            return probs.argmax(dim=-1).numpy()
+
+    return Contender(TORCH, run)
+
+
+def read_probe(weights: Sequence[np.ndarray], n_threads: int) -> Contender:
+    """Read every weight byte once with eagle_fast's compiled read probe: each
+    thread sums its share as 8 concurrent streams (no arithmetic to speak of),
+    so this is the memory read bandwidth a single-state head can reach."""
+    probe = _backend.load("compiled").draft.read_probe
+    flat = [a.reshape(-1).view(np.float32) for a in weights]
+    label = "1 thread" if n_threads == 1 else f"{n_threads} threads"
+    return Contender(f"read probe, {label}",
+                     lambda: [probe(a, n_threads) for a in flat], is_probe=True)
+
+
+def make_heads(weights: Sequence[np.ndarray]) -> dict[str, eagle_fast.DraftHead]:
+    """One reusable DraftHead per eagle_fast contender, by contender name:
+    the best compiled SIMD level, the baseline one (if different), the Python
+    fallback.  Built once per size: construction validates all the weights."""
+    heads = {}
+    levels = _backend.simd_levels_available()          # best first
+    if levels:
+        heads[f"eagle_fast {levels[0]}"] = head_on("compiled", levels[0], weights)
+        if levels[0] != "baseline":
+            heads["eagle_fast baseline"] = head_on("compiled", "baseline", weights)
+    heads[PYTHON_FALLBACK] = head_on("python", None, weights)
+    return heads
+
+
+def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
+                     heads: dict[str, eagle_fast.DraftHead], hidden: np.ndarray,
+                     probe_threads: int) -> tuple[list[Contender], list[Measurement]]:
+    """The contenders to run for one case, and rows for those skipped here."""
+    contenders = [draft_head_contender(name, head, hidden, optional=name == PYTHON_FALLBACK)
+                  for name, head in heads.items()]
+    skipped: list[Measurement] = []
+    if not _backend.simd_levels_available():
+        skipped.append(Measurement("eagle_fast compiled", note="compiled backend not built"))
+    contenders.append(Contender(
+        NUMPY, lambda: numpy_forward(hidden, *weights, TEMPERATURE)[1].argmax(axis=-1)))
+    if torch is not None:
+        contenders.append(torch_contender(hidden, weights))
+    else:
+        skipped.append(Measurement(TORCH, note="torch not importable"))
+    if batch == 1 and size.n_weights <= SPEC_LOOPS_MAX_WEIGHTS:
+        lists = [hidden.tolist()] + [a.tolist() for a in weights]
+        contenders.append(Contender(
+            "spec loops (pure Python)", lambda: spec_python_loops(*lists, TEMPERATURE)))
+        contenders.append(Contender(
+            "eagle_draft_from_hidden (lists)",
+            lambda: eagle_fast.eagle_draft_from_hidden(*lists, TEMPERATURE)["predicted_token"]))
+    # Tiny heads sit in cache: a probe there would only time call overhead.
+    if _backend.compiled_available() and size.n_weights * 4 >= PROBE_MIN_BYTES:
+        contenders.append(read_probe(weights, 1))
+        contenders.append(read_probe(weights, probe_threads))
+    return contenders, skipped
+
+
+# -- timing -------------------------------------------------------------------
+
+def time_one(run: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
+
+
+def measure(contenders: list[Contender], repeats: int
+            ) -> tuple[list[Measurement], dict[str, Any]]:
+    """Warm up, then time all contenders round-robin.
+
+    Returns one Measurement per contender and each one's last result (for
+    the token check)."""
+    measurements = {c.name: Measurement(c.name, is_probe=c.is_probe) for c in contenders}
+    results: dict[str, Any] = {}
+    active: list[Contender] = []
+    for contender in contenders:
+        contender.run()                                  # first call: allocations, caches
+        elapsed, results[contender.name] = time_one(contender.run)
+        if contender.optional and elapsed > OPTIONAL_MAX_CALL_S:
+            measurements[contender.name].note = (
+                f"skipped: one call takes {format_time(elapsed)} > {OPTIONAL_MAX_CALL_S:g} s")
+            continue
+        calls = 1 if elapsed >= FAST_CALL_S else max(1, round(REPEAT_TARGET_S / elapsed))
+        measurements[contender.name].calls_per_repeat = calls
+        active.append(contender)
+
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for repeat in range(repeats):
+            shift = repeat % len(active)
+            for contender in active[shift:] + active[:shift]:
+                m = measurements[contender.name]
+                run = contender.run
+                start = time.perf_counter()
+                for _ in range(m.calls_per_repeat):
+                    run()
+                m.times_s.append((time.perf_counter() - start) / m.calls_per_repeat)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    for m in measurements.values():
+        if m.times_s:
+            m.median_s = statistics.median(m.times_s)
+    return list(measurements.values()), results
+
+
+def check_tokens(tokens: Any, ref_logits: np.ndarray, dtype: np.dtype) -> str:
+    """Compare predicted tokens with the argmax of NumPy's logits (B, V).
+
+    float64 must match exactly; float32 may differ on near-ties only."""
+    batch = ref_logits.shape[0]
+    tokens = np.asarray(tokens).reshape(batch, -1)[:, 0]
+    best = ref_logits.argmax(axis=1)
+    wrong = np.flatnonzero(tokens != best)
+    if wrong.size == 0:
+        return "ok"
+    if dtype == np.float32:
+        top = ref_logits[wrong, best[wrong]]
+        gap = top - ref_logits[wrong, tokens[wrong]]
+        if np.all(gap <= F32_NEAR_TIE_RTOL * np.maximum(1.0, np.abs(top))):
+            return f"ok ({wrong.size} near-tie)"
+    return f"MISMATCH {wrong.size}/{batch}"
+
+
+def summarize(measurements: list[Measurement], weight_bytes: int) -> Optional[float]:
+    """Fill in bandwidth and ratios; returns the probe's GB/s (the faster probe)."""
+    timed = {m.name: m for m in measurements if m.median_s is not None}
+    for m in timed.values():
+        m.gbps = weight_bytes / m.median_s / 1e9
+    probe_gbps = max((m.gbps for m in timed.values() if m.is_probe), default=None)
+    numpy_s = timed[NUMPY].median_s if NUMPY in timed else None
+    torch_s = timed[TORCH].median_s if TORCH in timed else None
+    for m in timed.values():
+        if probe_gbps:
+            m.pct_probe = 100 * m.gbps / probe_gbps
+        if numpy_s is not None:
+            m.ratio_numpy = numpy_s / m.median_s
+        if torch_s is not None:
+            m.ratio_torch = torch_s / m.median_s
+    return probe_gbps
+
+
+def print_case(case: CaseResult) -> None:
+    print(f"== {case.size} ({case.d_model} x {case.d_proj} x {case.vocab}), B={case.batch}, "
+          f"{case.dtype}: weights {format_bytes(case.weight_bytes)}, "
+          f"probe {format_optional(case.probe_gbps, '.1f', ' GB/s')} ==")
+    print(f"  {'contender':33s} {'median':>11s} {'GB/s':>8s} {'%probe':>7s} "
+          f"{'vs numpy':>9s} {'vs torch':>9s}  check")
+    for m in case.measurements:
+        if m.median_s is None:
+            print(f"  {m.name:33s} {m.note}")
+            continue
+        print(f"  {m.name:33s} {format_time(m.median_s):>11s} {m.gbps:8.2f} "
+              f"{format_optional(m.pct_probe, '6.0f', '%'):>7s} "
+              f"{format_optional(m.ratio_numpy, '8.2f', 'x'):>9s} "
+              f"{format_optional(m.ratio_torch, '8.2f', 'x'):>9s}  {m.check}")
+    for m in case.measurements:
+        if m.check.startswith("MISMATCH"):
+            print(f"  WARNING: {m.name} predicted tokens differ from NumPy's argmax "
+                  f"({m.check})")
+    print(flush=True)
+
+
+def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int,
+               probe_threads: int) -> list[CaseResult]:
+    weights = make_weights(size, dtype)
+    weight_bytes = sum(a.nbytes for a in weights)
+    heads = make_heads(weights)
+    cases = []
+    for batch in batches:
+        hidden = make_hidden(size, batch, dtype)
+        contenders, skipped = build_contenders(size, batch, weights, heads, hidden,
+                                               probe_threads)
+        measurements, results = measure(contenders, repeats)
+        ref_logits = np.atleast_2d(numpy_forward(hidden, *weights, TEMPERATURE)[0])
+        for m in measurements:
+            if not m.is_probe and m.median_s is not None:
+                m.check = check_tokens(results[m.name], ref_logits, dtype)
+        measurements += skipped
+        probe_gbps = summarize(measurements, weight_bytes)
+        case = CaseResult(size.name, size.d_model, size.d_proj, size.vocab, batch,
+                          dtype.name, weight_bytes, probe_gbps, measurements)
+        print_case(case)
+        cases.append(case)
+        del contenders, results, ref_logits
+        gc.collect()
+    return cases
+
+
+# -- output -------------------------------------------------------------------
+
+def write_json(path: Path, header: dict[str, Any], cases: list[CaseResult],
+               skipped: list[str], elapsed_s: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {
+        "header": header,
+        "methodology": {
+            "temperature": TEMPERATURE, "seed": SEED, "fast_call_s": FAST_CALL_S,
+            "repeat_target_s": REPEAT_TARGET_S, "optional_max_call_s": OPTIONAL_MAX_CALL_S,
+        },
+        "cases": [asdict(case) for case in cases],
+        "skipped_sizes": skipped,
+        "elapsed_s": elapsed_s,
+    }
+    path.write_text(json.dumps(document, indent=1, default=str))
+    print(f"results written to {path}")
+
+
+def write_plot(path: Path, cases: list[CaseResult]) -> None:
+    """Grouped bars of the ratio vs NumPy, one group per case (log scale)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+    for case in cases:
+        for m in case.measurements:
+            if m.ratio_numpy is not None and not m.is_probe and m.name != NUMPY \
+                    and m.name not in names:
+                names.append(m.name)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.2 * len(cases)), 5))
+    for i, name in enumerate(names):
+        xs, ys = [], []
+        for j, case in enumerate(cases):
+            ratio = next((m.ratio_numpy for m in case.measurements if m.name == name), None)
+            if ratio is not None:
+                xs.append(j + (i - (len(names) - 1) / 2) * width)
+                ys.append(ratio)
+        ax.bar(xs, ys, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{c.size}\nB={c.batch} {c.dtype}" for c in cases], fontsize=8)
+    ax.set_ylabel("speed vs NumPy (numpy time / time)")
+    ax.set_title("eagle_fast draft head: speed relative to NumPy (> 1 is faster)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot written to {path}")
+
+
+# -- main ---------------------------------------------------------------------
+
+def parse_size(text: str) -> Size:
+    if text in SIZES:
+        return SIZES[text]
+    try:
+        d_model, d_proj, vocab = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown size {text!r}: use one of {', '.join(SIZES)} or D_MODELxD_PROJxVOCAB")
+    return Size(text, d_model, d_proj, vocab)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark eagle_fast's DraftHead.predict against NumPy, torch and "
+                    "pure Python (see the module docstring for the methodology).")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"sizes {' '.join(QUICK_SIZES)}, batches "
+                             f"{' '.join(map(str, QUICK_BATCHES))}, {QUICK_REPEATS} repeats")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, metavar="SIZE",
+                        help=f"names ({', '.join(SIZES)}) or D_MODELxD_PROJxVOCAB")
+    parser.add_argument("--batches", nargs="+", type=int, metavar="B",
+                        help=f"batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
+    parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"),
+                        default=["float32"], help="compute dtype(s) (default float32)")
+    parser.add_argument("--repeats", type=int,
+                        help=f"timed repeats per contender (default {DEFAULT_REPEATS}, "
+                             f"--quick {QUICK_REPEATS})")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "bench_predict.json",
+                        help="where to write all results (default %(default)s)")
+    parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "bench_predict.png",
+                        help="bar chart of the ratio vs NumPy, when matplotlib is "
+                             "importable (default %(default)s)")
+    args = parser.parse_args(argv)
+    if args.sizes is None:
+        args.sizes = [SIZES[name] for name in (QUICK_SIZES if args.quick else DEFAULT_SIZES)]
+    if args.batches is None:
+        args.batches = QUICK_BATCHES if args.quick else DEFAULT_BATCHES
+    if args.repeats is None:
+        args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS
+    if args.repeats < 1 or min(args.batches) < 1:
+        parser.error("--repeats and --batches must be >= 1")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    header = collect_header()
+    print_header(header)
+    cases: list[CaseResult] = []
+    skipped: list[str] = []
+    probe_threads = max(2, usable_cpus())
+    for dtype in (np.dtype(name) for name in args.dtype):
+        for size in args.sizes:
+            needed = memory_needed(size, dtype.itemsize, max(args.batches))
+            available = available_memory_bytes()
+            if available is not None and needed > available:
+                message = (f"{size.name} ({size.shape_label}) {dtype.name}: needs about "
+                           f"{format_bytes(needed)}, only {format_bytes(available)} "
+                           f"available")
+                print(f"SKIPPED {message}\n")
+                skipped.append(message)
+                continue
+            cases += bench_size(size, dtype, args.batches, args.repeats, probe_threads)
+            gc.collect()
+    elapsed = time.perf_counter() - started
+    print(f"total time {elapsed:.1f} s")
+    write_json(args.json, header, cases, skipped, elapsed)
+    if importlib.util.find_spec("matplotlib") is not None:
+        write_plot(args.plot, cases)
+    else:
+        print("matplotlib not importable: no plot")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
