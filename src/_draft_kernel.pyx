@@ -42,7 +42,7 @@ COMPILER = _build_info.EAGLE_FAST_COMPILER.decode()
 
 cdef enum:
     COL_BLOCK = 1024   # columns per block for many states: 4 states x 4 KiB in L1
-    ROW_BLOCK = 24     # rows that reuse one block of states (batched path; 3 | 24)
+    ROW_BLOCK = 12     # rows sharing one block of states (batched path; 3 | 12)
 
 
 def max_threads():
