@@ -53,7 +53,7 @@ def demo(preset: str, dtype: str, batch: int, top_k: int, seconds: float) -> Non
     rng = np.random.default_rng(0)
     weights = _random_head(d_model, d_proj, vocab, dtype, rng)
     shape = (d_model,) if batch == 1 else (batch, d_model)
-    hidden = rng.standard_normal(shape).astype(dtype)
+    hidden = rng.standard_normal(shape).astype(dtype) * 2
     info = build_info()
     print(f"eagle_fast demo: preset {preset} (d_model={d_model}, d_proj={d_proj}, "
           f"vocab={vocab}), {dtype}, batch {batch}, top_k {top_k}")
@@ -78,13 +78,14 @@ def demo(preset: str, dtype: str, batch: int, top_k: int, seconds: float) -> Non
     tokens = np.atleast_2d(first.tokens)
     probs = np.atleast_2d(first.token_probs)
     for state in range(min(len(tokens), 4)):
-        guesses = ", ".join(f"{t} ({p:.4f})" for t, p in zip(tokens[state], probs[state]))
-        print(f"  state {state}: predicted token(s) {guesses}")
-    print(f"\n{'backend':<26}{'µs/call':>12}{'vs python':>12}  agrees")
+        guesses = ", ".join(f"{t} (p={p:.4f})" for t, p in zip(tokens[state], probs[state]))
+        print(f"  hidden state {state}: draft token {guesses}")
+    print(f"\n{'backend':<24}{'per call':>12}{'speed-up':>10}  same tokens")
     python_us = rows[-1][2]
     for label, result, us in rows:
-        agrees = np.array_equal(np.atleast_2d(result.tokens)[:, 0], tokens[:, 0])
-        print(f"{label:<26}{us:>12.1f}{python_us / us:>11.1f}x  {'yes' if agrees else 'NO'}")
+        agrees = np.array_equal(np.atleast_2d(result.tokens), tokens)
+        per_call = f"{us:.1f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+        print(f"{label:<24}{per_call:>12}{python_us / us:>9.1f}x  {'yes' if agrees else 'NO'}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

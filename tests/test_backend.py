@@ -366,3 +366,27 @@ def test_public_api():
     assert isinstance(eagle_fast.__version__, str)
     with pytest.raises(AttributeError):
         eagle_fast.no_such_attribute  # noqa: B018
+
+
+# -- command line ---------------------------------------------------------------
+
+@backend_independent
+def test_cli_info_prints_build_info(capsys):
+    from eagle_fast import _cli
+
+    assert _cli.main(["info"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == eagle_fast.build_info()
+
+
+@backend_independent
+def test_cli_demo_runs_every_backend_and_agrees(capsys):
+    from eagle_fast import _cli
+
+    assert _cli.main(["demo", "--preset", "tiny", "--batch", "3", "--top-k", "2",
+                      "--seconds", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "hidden state 2: draft token" in out
+    assert "python" in out and "NO" not in out
+    for level in _backend.simd_levels_available():
+        assert f"compiled ({level})" in out
