@@ -20,8 +20,9 @@ from ._validation import (
 
 # Below this many bytes of weights a call runs serially: waking an OpenMP team
 # costs 1-3 us warm (~100 us when its threads sleep), more than the whole
-# computation of a small head.  Measured on a 2-core machine: parallel pays
-# off from a few hundred KiB of weights (bench/bench_predict.py).
+# computation of a small head.  Measured on the 2-core dev machine (float32,
+# B = 1, median us per call, 1 vs 2 threads): 80 KiB 6.0 vs 7.3, 320 KiB 13.7
+# vs 11.9, 640 KiB 23.6 vs 23.3, 2.3 MiB 107 vs 47.
 PARALLEL_MIN_WEIGHT_BYTES = 256 * 1024
 
 # Up to this k the kernel keeps per-thread top-k lists while it streams the

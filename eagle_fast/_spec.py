@@ -16,6 +16,7 @@ from ._validation import check_finite, numeric_array
 # CPython >= 3.12 sums floats with Neumaier compensation; the spec's
 # ``sum(exps)`` does whatever the running interpreter does, and so do we.
 _COMPENSATED_SUM = sys.version_info >= (3, 12)
+_ARG_NAMES = ("hidden_state", "projection_weights", "projection_bias", "lm_head_weights")
 
 
 def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projection_bias: Any,
@@ -70,13 +71,9 @@ def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projecti
     if math.isnan(temperature):
         raise ValueError("temperature must not be NaN")
 
-    arrays = []
-    for name, array in (("hidden_state", h), ("projection_weights", weight),
-                        ("projection_bias", bias), ("lm_head_weights", lm_head)):
-        array = np.ascontiguousarray(array, dtype=np.float64)
+    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (h, weight, bias, lm_head)]
+    for name, array in zip(_ARG_NAMES, arrays):
         check_finite(array, name)
-        arrays.append(array)
-
     vocab = lm_head.shape[0]
     logits = np.empty(vocab)
     probs = np.empty(vocab)
@@ -89,8 +86,28 @@ def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projecti
         raise ValueError("the logits overflowed float64 (inputs too large); "
                          "the softmax is not defined")
     return {
-        "logits": [round(value, 4) for value in logits.tolist()],
-        "probs": [round(value, 6) for value in probs.tolist()],
+        "logits": round_like_python(logits, 4),
+        "probs": round_like_python(probs, 6),
         "predicted_token": int(best),
         "confidence": round(probs[best].item(), 6),
     }
+
+
+def round_like_python(values: np.ndarray, ndigits: int) -> list[float]:
+    """``[round(v, ndigits) for v in values]``, bit for bit, about 10x faster.
+
+    ``round`` rounds the exact binary value half-to-even at the decimal digit;
+    ``rint(v * 10**n) / 10**n`` gives the same double unless ``v * 10**n`` lies
+    within its own rounding error of a half-integer (or is too large to hold
+    integers exactly): those few values go through ``round`` itself.
+    """
+    scale = 10.0 ** ndigits
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values: handled by round
+        scaled = values * scale
+        magnitude = np.abs(scaled)
+        to_half = np.abs(scaled - np.floor(scaled) - 0.5)
+        suspect = (to_half <= magnitude * 2.0**-51) | ~(magnitude < 2.0**51)
+        result = (np.rint(scaled) / scale).tolist()
+    for i in np.flatnonzero(suspect).tolist():
+        result[i] = round(float(values[i]), ndigits)
+    return result
