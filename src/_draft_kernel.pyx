@@ -9,13 +9,14 @@
 # softmax statistics and top-k list, merged after the loop.
 #
 # Dot products: every one is computed with the same arithmetic whatever the
-# batch size or thread count -- 8 SIMD lanes of partial sums per block of
-# COL_BLOCK columns (_dot_kernels.h), blocks summed in order -- so a batch
-# gives bit-identical results to the same states one by one.
+# batch size or thread count -- 8 SIMD lanes of partial sums kept across column
+# blocks, reduced in a fixed order at the end (_dot_kernels.h) -- so a batch
+# gives bit-identical results to the same states one by one, and equal rows
+# give equal logits.
 # Register blocking: one state uses 4 rows spread over the chunk (4 long read
-# streams per thread); a batch uses 2 rows x 4 states per step, looping over
-# ROW_BLOCK rows while 4 states' column block stays in L1, so each weight row
-# is read from memory once for all states.
+# streams per thread); a batch uses 3 rows x 4 states per step over blocks of
+# ROW_BLOCK rows, so each weight row is read from memory once for all states
+# (with many states, in column blocks that keep 4 states' slice in L1).
 #
 # Callers (eagle_fast._head) pass validated, C-contiguous arrays of one dtype;
 # outputs are allocated here through NumPy's C API, which keeps a small call
