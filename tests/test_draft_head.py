@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -788,6 +789,33 @@ def test_concurrent_predict_from_two_threads(dtype):
             for name in ("tokens", "token_probs", "logits", "probs"):
                 np.testing.assert_array_equal(getattr(got, name), getattr(expected[i], name))
     check_against_reference(head, hiddens[0], expected[0])
+
+
+def test_gil_is_released_during_compute():
+    """While one thread is inside a long predict call, another thread keeps
+    running Python code: it must log times in the middle of that call."""
+    if eagle_fast.backend != "compiled":
+        pytest.skip("the compiled kernel's promise (NumPy decides for the fallback)")
+    rng = np.random.default_rng(61)
+    head = DraftHead(*random_head(rng, 512, 512, 8000, np.float32))
+    hidden = rng.standard_normal((16, 512)).astype(np.float32)
+    head.predict(hidden, num_threads=1)  # warm-up
+    call = {}
+
+    def work():
+        call["start"] = time.perf_counter()
+        head.predict(hidden, num_threads=1)
+        call["end"] = time.perf_counter()
+
+    ticks = []
+    worker = threading.Thread(target=work)
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    quarter = (call["end"] - call["start"]) / 4
+    inside = [t for t in ticks if call["start"] + quarter < t < call["end"] - quarter]
+    assert inside, "no Python code ran while predict was computing: the GIL was held"
 
 
 # ---------------------------------------------------------------------------
