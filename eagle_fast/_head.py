@@ -173,6 +173,13 @@ class DraftHead:
         view.flags.writeable = False
         return view
 
+    def __reduce__(self) -> tuple:
+        # Pickles (e.g. for multiprocessing) as its weights; unpickling
+        # re-validates them and binds the backend active at that time.
+        arrays = self._arrays
+        return (DraftHead, (arrays["projection_weight"], arrays["projection_bias"],
+                            arrays["lm_head_weight"]))
+
     def __repr__(self) -> str:
         return (f"DraftHead(d_model={self.d_model}, d_proj={self.d_proj}, "
                 f"vocab_size={self.vocab_size}, dtype={self.dtype}, backend={self.backend!r})")

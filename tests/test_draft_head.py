@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 import time
 
@@ -789,6 +790,18 @@ def test_concurrent_predict_from_two_threads(dtype):
             for name in ("tokens", "token_probs", "logits", "probs"):
                 np.testing.assert_array_equal(getattr(got, name), getattr(expected[i], name))
     check_against_reference(head, hiddens[0], expected[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_pickled_head_predicts_the_same(dtype):
+    rng = np.random.default_rng(62)
+    head = DraftHead(*random_head(rng, 12, 5, 40, dtype))
+    copy = pickle.loads(pickle.dumps(head))
+    hidden = rng.standard_normal((3, 12)).astype(dtype)
+    assert copy.dtype == head.dtype and copy.backend == head.backend
+    for name in ("tokens", "token_probs", "logits", "probs"):
+        np.testing.assert_array_equal(getattr(full(copy, hidden, top_k=3), name),
+                                      getattr(full(head, hidden, top_k=3), name))
 
 
 def test_gil_is_released_during_compute():
