@@ -269,13 +269,11 @@ def format_time(seconds: float) -> str:
 
 
 def format_bytes(n: float) -> str:
-    if n < 1000:
-        return f"{n:.0f} B"
-    for unit in ("KB", "MB", "GB"):
+    units = ["B", "KB", "MB", "GB"]
+    while n >= 1000 and len(units) > 1:
         n /= 1000
-        if n < 1000:
-            break
-    return f"{n:.2f} {unit}"
+        units.pop(0)
+    return f"{n:.0f} B" if units[0] == "B" else f"{n:.2f} {units[0]}"
 
 
 def format_optional(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -626,7 +624,8 @@ def parse_size(text: str) -> Size:
         d_model, d_proj, vocab = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"unknown size {text!r}: use one of {', '.join(SIZES)} or D_MODELxD_PROJxVOCAB")
+            f"unknown size {text!r}: use one of {', '.join(SIZES)} or D_MODELxD_PROJxVOCAB"
+        ) from None
     return Size(text, d_model, d_proj, vocab)
 
 

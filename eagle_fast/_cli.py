@@ -38,7 +38,7 @@ def _median_us(head: DraftHead, hidden: np.ndarray, top_k: int, seconds: float) 
     head.predict(hidden, top_k=top_k)
     once = max(time.perf_counter() - start, 1e-7)
     calls = max(1, int(1e-3 / once))
-    samples = []
+    samples: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(samples) < 7 or (time.perf_counter() < deadline and len(samples) < 1000):
         start = time.perf_counter()
@@ -60,7 +60,8 @@ def demo(preset: str, dtype: str, batch: int, top_k: int, seconds: float) -> Non
     print(f"active backend: {info['backend']} (SIMD level {info['simd_level']}, "
           f"OpenMP {'on' if info['openmp'] else 'off'}, {info['max_threads']} threads)")
 
-    backends = [("compiled", level) for level in _backend.simd_levels_available()]
+    backends: list[tuple[str, Optional[str]]] = [
+        ("compiled", level) for level in _backend.simd_levels_available()]
     backends.append(("python", None))
     saved = _backend.active()
     rows = []

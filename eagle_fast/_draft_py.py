@@ -8,9 +8,12 @@ built or EAGLE_FAST_BACKEND=python.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
+
+# (n_bad, tokens, token_probs, logits or None, probs or None)
+ForwardResult = Tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
 
 OPENMP = False
 SIMD = "none"
@@ -57,28 +60,24 @@ class KernelHead:
         self.vocab = lm_head_weight.shape[0]
 
     def forward(self, hidden: np.ndarray, temperature: float, top_k: int,
-                want_logits: bool, want_probs: bool, n_threads: int
-                ) -> tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+                want_logits: bool, want_probs: bool, n_threads: int) -> ForwardResult:
         """Run the head on ``hidden`` ((d_model,) or (B, d_model), of the head's
         dtype).  Returns ``(n_bad, tokens, token_probs, logits, probs)`` shaped
         like the compiled kernel's; n_bad counts states with a non-finite softmax."""
-        if hidden.ndim == 1:
-            return self._forward_one(hidden, temperature, top_k, want_logits, want_probs)
         # State by state, so a batch gives exactly the results of single calls.
-        results = [self._forward_one(state, temperature, top_k, want_logits, want_probs)
-                   for state in hidden]
-
-        def stacked(field: int) -> Optional[np.ndarray]:
-            if results[0][field] is None:
-                return None
-            return np.stack([result[field] for result in results])
-
+        states = [hidden] if hidden.ndim == 1 else list(hidden)
+        results = [self._forward_one(state, temperature, top_k) for state in states]
         n_bad = sum(result[0] for result in results)
-        return n_bad, stacked(1), stacked(2), stacked(3), stacked(4)
+        fields = [np.stack([result[i] for result in results]) for i in range(1, 5)]
+        if hidden.ndim == 1:
+            fields = [field[0] for field in fields]
+        tokens, token_probs, logits, probs = fields
+        return (n_bad, tokens, token_probs, logits if want_logits else None,
+                probs if want_probs else None)
 
-    def _forward_one(self, state: np.ndarray, temperature: float, top_k: int,
-                     want_logits: bool, want_probs: bool
-                     ) -> tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    def _forward_one(self, state: np.ndarray, temperature: float, top_k: int
+                     ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(n_bad, tokens, token_probs, logits, probs) of one state."""
         with np.errstate(all="ignore"):
             x = silu(matvec(self.weight, state) + self.bias)
             scores = matvec(self.lm_head, x)
@@ -93,6 +92,4 @@ class KernelHead:
         # Stable sort of the negated scores: best first, ties to the lower id.
         tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64)
         token_probs = (shifted[tokens] / total).astype(scores.dtype)
-        logits = scores if want_logits else None
-        probs = (shifted / total).astype(scores.dtype) if want_probs else None
-        return n_bad, tokens, token_probs, logits, probs
+        return n_bad, tokens, token_probs, scores, (shifted / total).astype(scores.dtype)

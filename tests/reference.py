@@ -60,15 +60,15 @@ def spec_reference(hidden_state: Any, projection_weights: Any, projection_bias: 
         logits.append(val)
 
     if T > 0:
-        logits = [l / T for l in logits]
+        logits = [logit / T for logit in logits]
 
     max_logit = max(logits)
-    exps = [math.exp(l - max_logit) for l in logits]
+    exps = [math.exp(logit - max_logit) for logit in logits]
     total = sum(exps)
     probs = [e / total for e in exps]
     top = max(range(len(probs)), key=lambda i: probs[i])
     return {
-        "logits": [round(l, 4) for l in logits],
+        "logits": [round(logit, 4) for logit in logits],
         "probs": [round(p, 6) for p in probs],
         "predicted_token": top,
         "confidence": round(probs[top], 6),

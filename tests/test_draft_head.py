@@ -350,7 +350,8 @@ def test_all_zero_lm_head_is_uniform_token_zero(dtype):
             k = min(vocab, 70)
             result = full(head, hidden, top_k=k)
             np.testing.assert_array_equal(result.logits, 0.0)
-            np.testing.assert_allclose(result.probs, 1.0 / vocab, rtol=1e-6 if dtype is np.float32 else 1e-15)
+            rtol = 1e-6 if dtype is np.float32 else 1e-15
+            np.testing.assert_allclose(result.probs, 1.0 / vocab, rtol=rtol)
             np.testing.assert_array_equal(result.tokens,
                                           np.broadcast_to(np.arange(k), result.tokens.shape))
 

@@ -214,10 +214,10 @@ def test_all_zero_everything():
 
 
 def test_one_by_one_by_one():
-    for h, w, b, l in [(0.5, 2.0, 0.1, 3.0), (-1.0, 1.0, 0.0, -7.0), (0.0, 0.0, 0.0, 0.0),
+    for h, w, b, lm in [(0.5, 2.0, 0.1, 3.0), (-1.0, 1.0, 0.0, -7.0), (0.0, 0.0, 0.0, 0.0),
                        (1e3, 1.0, 0.0, 1.0)]:
         for T in (1.0, 0.0, 0.1):
-            got = check([h], [[w]], [b], [[l]], T)
+            got = check([h], [[w]], [b], [[lm]], T)
             assert got["predicted_token"] == 0 and got["probs"] == [1.0]
             assert got["confidence"] == 1.0
 
