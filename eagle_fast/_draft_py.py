@@ -21,24 +21,16 @@ COMPILE_FLAGS = ""
 COMPILER = "none"
 
 
-# Rows per temporary in matvec(): about 1 MiB of products at a time.
-_MATVEC_CHUNK_ELEMENTS = 1 << 18
-
-
 def max_threads() -> int:
     return 1
 
 
 def matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """``matrix @ vector`` with every row reduced by NumPy's pairwise sum, so
-    equal rows give equal results (BLAS gemv blocks rows and does not), which
-    keeps ties between tokens exact."""
-    n_rows, n_cols = matrix.shape
-    out = np.empty(n_rows, dtype=np.result_type(matrix, vector))
-    step = max(1, _MATVEC_CHUNK_ELEMENTS // n_cols)
-    for start in range(0, n_rows, step):
-        np.sum(matrix[start:start + step] * vector, axis=1, out=out[start:start + step])
-    return out
+    """``matrix @ vector`` with every row reduced by the same loop, so equal
+    rows give equal results, which keeps ties between tokens exact.  BLAS gemv
+    blocks rows and does not guarantee that; NumPy's own einsum loop does
+    (the test suite checks it on rows of every alignment)."""
+    return np.einsum("ij,j->i", matrix, vector)
 
 
 def silu(v: np.ndarray) -> np.ndarray:
