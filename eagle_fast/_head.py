@@ -117,10 +117,11 @@ class DraftHead:
         arrays = {}
         for name, array in (("projection_weight", weight), ("projection_bias", bias),
                             ("lm_head_weight", lm_head)):
-            check_finite(array, name)
-            arrays[name] = as_kernel_array(array, self._dtype)
-            # Values that overflow the dtype (float64 -> float32) are not finite either.
-            check_finite(arrays[name], name)
+            converted = as_kernel_array(array, self._dtype)
+            if not np.isfinite(converted).all():
+                check_finite(array, name)  # NaN/inf in the input itself
+                raise ValueError(f"{name} holds values too large for {self._dtype}")
+            arrays[name] = converted
         self._backend = _backend.active()
         self._kernel = self._backend.draft.KernelHead(
             arrays["projection_weight"], arrays["projection_bias"], arrays["lm_head_weight"]
