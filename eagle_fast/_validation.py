@@ -84,8 +84,10 @@ def resolve_dtype(arrays: dict[str, np.ndarray], dtype: Optional[Any]) -> np.dty
 
 
 def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """C-contiguous array of ``dtype`` (no copy when it already is one)."""
-    return np.ascontiguousarray(array, dtype=dtype)
+    """C-contiguous array of ``dtype`` (no copy when it already is one).
+    Values beyond the dtype's range become inf, which callers check for."""
+    with np.errstate(over="ignore"):
+        return np.ascontiguousarray(array, dtype=dtype)
 
 
 def check_finite(array: np.ndarray, name: str) -> None:
