@@ -196,7 +196,7 @@ class DraftHead:
                 f"hidden must have shape (d_model,) = ({self.d_model},) or "
                 f"(B, d_model) = (B, {self.d_model}) with B >= 1, got shape {array.shape}"
             )
-        return np.ascontiguousarray(array, dtype=self._dtype)
+        return as_kernel_array(array, self._dtype)
 
     def predict(self, hidden: Any, *, temperature: float = 1.0, top_k: int = 1,
                 return_logits: bool = False, return_probs: bool = False,
@@ -260,7 +260,8 @@ class DraftHead:
         bad_rows = np.flatnonzero(~np.isfinite(hidden.reshape(-1, self._d_model)).all(axis=1))
         if bad_rows.size:
             rows = ", ".join(str(r) for r in bad_rows[:10])
-            raise ValueError(f"hidden contains NaN or inf (in state(s) {rows})")
+            raise ValueError(f"hidden contains NaN or inf, or values beyond {self._dtype} "
+                             f"(in state(s) {rows})")
         raise FloatingPointError(
             "the logits overflowed to inf or NaN in "
             f"{self.dtype}: the hidden states or weights are too large for this dtype"
