@@ -12,7 +12,7 @@ from ._validation import (
     check_finite,
     check_temperature,
     check_top_k,
-    numeric_array,
+    head_arrays,
     real_array,
     resolve_dtype,
     resolve_num_threads,
@@ -96,20 +96,9 @@ class DraftHead:
 
     def __init__(self, projection_weight: Any, projection_bias: Any,
                  lm_head_weight: Any, *, dtype: Optional[Any] = None) -> None:
-        weight = numeric_array(projection_weight, "projection_weight", "(d_proj, d_model)", 2)
-        bias = numeric_array(projection_bias, "projection_bias", "(d_proj,)", 1)
-        lm_head = numeric_array(lm_head_weight, "lm_head_weight", "(vocab_size, d_proj)", 2)
-        d_proj, d_model = weight.shape
-        if bias.shape != (d_proj,):
-            raise ValueError(
-                f"projection_bias must have shape (d_proj,) = ({d_proj},) to match "
-                f"projection_weight {weight.shape}, got shape {bias.shape}"
-            )
-        if lm_head.shape[1] != d_proj:
-            raise ValueError(
-                f"lm_head_weight must have shape (vocab_size, d_proj) with d_proj = {d_proj} "
-                f"(from projection_weight {weight.shape}), got shape {lm_head.shape}"
-            )
+        weight, bias, lm_head = head_arrays(
+            projection_weight, projection_bias, lm_head_weight,
+            ("projection_weight", "projection_bias", "lm_head_weight"))
         self._dtype = resolve_dtype(
             {"projection_weight": weight, "projection_bias": bias, "lm_head_weight": lm_head},
             dtype,

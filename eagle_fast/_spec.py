@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _backend
 from ._head import PARALLEL_MIN_WEIGHT_BYTES
-from ._validation import check_finite, numeric_array
+from ._validation import check_finite, head_arrays, numeric_array
 
 # CPython >= 3.12 sums floats with Neumaier compensation; the spec's
 # ``sum(exps)`` does whatever the running interpreter does, and so do we.
@@ -51,20 +51,11 @@ def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projecti
         Non-numeric or complex inputs.
     """
     h = numeric_array(hidden_state, "hidden_state", "(d_model,)", 1)
-    weight = numeric_array(projection_weights, "projection_weights", "(d_proj, d_model)", 2)
-    bias = numeric_array(projection_bias, "projection_bias", "(d_proj,)", 1)
-    lm_head = numeric_array(lm_head_weights, "lm_head_weights", "(vocab_size, d_proj)", 2)
-    d_model = h.shape[0]
-    d_proj = weight.shape[0]
-    if weight.shape[1] != d_model:
+    weight, bias, lm_head = head_arrays(projection_weights, projection_bias, lm_head_weights,
+                                        _ARG_NAMES[1:])
+    if weight.shape[1] != h.shape[0]:
         raise ValueError(f"projection_weights must have shape (d_proj, d_model) with "
-                         f"d_model = {d_model} (from hidden_state), got shape {weight.shape}")
-    if bias.shape != (d_proj,):
-        raise ValueError(f"projection_bias must have shape (d_proj,) = ({d_proj},), "
-                         f"got shape {bias.shape}")
-    if lm_head.shape[1] != d_proj:
-        raise ValueError(f"lm_head_weights must have shape (vocab_size, d_proj) with "
-                         f"d_proj = {d_proj}, got shape {lm_head.shape}")
+                         f"d_model = {h.shape[0]} (from hidden_state), got shape {weight.shape}")
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(f"temperature must be a real number, got {temperature!r}")
     temperature = float(temperature)  # OverflowError for a huge int, as the spec

@@ -56,6 +56,29 @@ def numeric_array(value: Any, name: str, shape_text: str, ndim: int) -> np.ndarr
     return array
 
 
+def head_arrays(projection_weight: Any, projection_bias: Any, lm_head_weight: Any,
+                names: tuple[str, str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three weight arrays of a head, real and of consistent shapes
+    (W: (d_proj, d_model), b: (d_proj,), L: (vocab_size, d_proj)); ``names``
+    are the caller's argument names, used in the error messages."""
+    weight_name, bias_name, lm_head_name = names
+    weight = numeric_array(projection_weight, weight_name, "(d_proj, d_model)", 2)
+    bias = numeric_array(projection_bias, bias_name, "(d_proj,)", 1)
+    lm_head = numeric_array(lm_head_weight, lm_head_name, "(vocab_size, d_proj)", 2)
+    d_proj = weight.shape[0]
+    if bias.shape != (d_proj,):
+        raise ValueError(
+            f"{bias_name} must have shape (d_proj,) = ({d_proj},) to match "
+            f"{weight_name} {weight.shape}, got shape {bias.shape}"
+        )
+    if lm_head.shape[1] != d_proj:
+        raise ValueError(
+            f"{lm_head_name} must have shape (vocab_size, d_proj) with d_proj = {d_proj} "
+            f"(from {weight_name} {weight.shape}), got shape {lm_head.shape}"
+        )
+    return weight, bias, lm_head
+
+
 def resolve_dtype(arrays: dict[str, np.ndarray], dtype: Optional[Any]) -> np.dtype:
     """The head's dtype: ``dtype`` when given, else the float dtype the weights
     share (integer and bool weights are cast to it; float64 if none is float)."""
