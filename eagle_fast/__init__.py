@@ -4,7 +4,10 @@ A draft head maps a target model's hidden state ``h`` to a guess of the next
 token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 
 * :class:`DraftHead` / :func:`predict` -- the fast NumPy API (float32/float64,
-  single states or batches, top-k, optional full logits/probs).
+  single states or batches, top-k, optional full logits/probs); weights
+  stored as float32/float64 or, 2-4x smaller and faster, ``weight_dtype=``
+  ``"bfloat16"``, ``"float16"`` or ``"int8"``.
+* :func:`compare` -- how closely one head (say, quantized) follows another.
 * :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
@@ -16,12 +19,14 @@ from __future__ import annotations
 from typing import Any
 
 from . import _backend
+from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
 from ._spec import eagle_draft_from_hidden
+from ._storage import WEIGHT_DTYPES
 
 __version__ = "0.1.0"
-__all__ = ["DraftHead", "DraftResult", "predict", "eagle_draft_from_hidden", "build_info",
-           "backend"]
+__all__ = ["DraftHead", "DraftResult", "predict", "compare", "Comparison", "WEIGHT_DTYPES",
+           "eagle_draft_from_hidden", "build_info", "backend"]
 
 
 def build_info() -> dict[str, Any]:

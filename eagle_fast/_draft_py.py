@@ -40,14 +40,32 @@ def silu(v: np.ndarray) -> np.ndarray:
         return np.where(np.abs(v) < 500, inside, np.where(v > 0, v, v * 0))
 
 
+def _as_compute(matrix: np.ndarray, weight_dtype: str,
+                scales: Optional[np.ndarray]) -> np.ndarray:
+    """A stored matrix as float32 values (native matrices unchanged)."""
+    if weight_dtype == "bfloat16":
+        return (matrix.astype(np.uint32) << 16).view(np.float32)
+    if weight_dtype == "float16":
+        return matrix.astype(np.float32)
+    if weight_dtype == "int8":
+        assert scales is not None
+        return matrix.astype(np.float32) * scales[:, None]
+    return matrix
+
+
 class KernelHead:
-    """Weights of one head: validated C-contiguous arrays of one float dtype."""
+    """Weights of one head: validated C-contiguous arrays.  The bias sets the
+    compute dtype; low-precision matrices ("bfloat16" bit patterns, "float16",
+    "int8" with per-row scales) are converted to float32 once, here, which
+    costs 2-4x their memory but keeps every call a plain float32 computation."""
 
     def __init__(self, projection_weight: np.ndarray, projection_bias: np.ndarray,
-                 lm_head_weight: np.ndarray) -> None:
-        self.weight = projection_weight
+                 lm_head_weight: np.ndarray, weight_dtype: str = "native",
+                 projection_scales: Optional[np.ndarray] = None,
+                 lm_head_scales: Optional[np.ndarray] = None) -> None:
+        self.weight = _as_compute(projection_weight, weight_dtype, projection_scales)
         self.bias = projection_bias
-        self.lm_head = lm_head_weight
+        self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales)
         self.d_proj, self.d_model = projection_weight.shape
         self.vocab = lm_head_weight.shape[0]
 

@@ -7,6 +7,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _backend
+from ._storage import LOW_PRECISION, StoredMatrix, resolve_weight_dtype
 from ._validation import (
     as_kernel_array,
     check_finite,
@@ -88,36 +89,104 @@ class DraftHead:
         Compute dtype.  By default the weights' own float dtype is kept
         (float32 stays float32); integer weights become float64; weights of
         different float dtypes are an error unless ``dtype`` is given.
+    weight_dtype : str, optional
+        How W and L are stored: ``"float32"``, ``"float64"`` (the compute
+        dtype itself; the default), or low precision -- ``"bfloat16"``,
+        ``"float16"`` (2 bytes per weight) or ``"int8"`` (1 byte, symmetric
+        per output row with a float32 scale).  Low-precision heads compute in
+        float32, with a float32 bias; see ``eagle_fast._storage`` for the exact
+        rounding.  Weights beyond the float16/bfloat16 range are an error.
 
     Weights are checked once here (shapes, finite values) and converted to
-    C-contiguous arrays of ``dtype``; arrays that already are are not copied,
-    so do not modify them afterwards.
+    C-contiguous arrays; arrays that already are in the stored form are not
+    copied, so do not modify them afterwards.
     """
 
     def __init__(self, projection_weight: Any, projection_bias: Any,
-                 lm_head_weight: Any, *, dtype: Optional[Any] = None) -> None:
+                 lm_head_weight: Any, *, dtype: Optional[Any] = None,
+                 weight_dtype: Optional[Any] = None) -> None:
         weight, bias, lm_head = head_arrays(
             projection_weight, projection_bias, lm_head_weight,
             ("projection_weight", "projection_bias", "lm_head_weight"))
-        self._dtype = resolve_dtype(
-            {"projection_weight": weight, "projection_bias": bias, "lm_head_weight": lm_head},
-            dtype,
-        )
-        arrays = {}
-        for name, array in (("projection_weight", weight), ("projection_bias", bias),
-                            ("lm_head_weight", lm_head)):
-            converted = as_kernel_array(array, self._dtype)
+        inputs = {"projection_weight": weight, "projection_bias": bias,
+                  "lm_head_weight": lm_head}
+        stored_as = None if weight_dtype is None else resolve_weight_dtype(weight_dtype)
+        if stored_as in LOW_PRECISION:
+            if dtype is not None and np.dtype(dtype) != np.float32:
+                raise TypeError(f"weight_dtype={stored_as!r} computes in float32; "
+                                f"dtype must be float32 or None, got {np.dtype(dtype)}")
+            compute_dtype = np.dtype(np.float32)
+        elif stored_as is not None:
+            compute_dtype = np.dtype(stored_as)
+            if dtype is not None and np.dtype(dtype) != compute_dtype:
+                raise TypeError(f"dtype={np.dtype(dtype)} contradicts "
+                                f"weight_dtype={stored_as!r}")
+        else:
+            compute_dtype = resolve_dtype(inputs, dtype)
+            stored_as = compute_dtype.name
+
+        def convert(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+            converted = as_kernel_array(array, dtype)
             if not np.isfinite(converted).all():
                 check_finite(array, name)  # NaN/inf in the input itself
-                raise ValueError(f"{name} holds values too large for {self._dtype}")
-            arrays[name] = converted
+                raise ValueError(f"{name} holds values too large for {dtype}")
+            return converted
+
+        if stored_as in LOW_PRECISION:
+            # NaN/inf are rejected before conversion, so they are never stored.
+            check_finite(weight, "projection_weight")
+            check_finite(lm_head, "lm_head_weight")
+            stored_weight = StoredMatrix.encode(weight, stored_as, "projection_weight")
+            stored_lm_head = StoredMatrix.encode(lm_head, stored_as, "lm_head_weight")
+        else:
+            stored_weight = StoredMatrix(
+                stored_as, convert("projection_weight", weight, compute_dtype))
+            stored_lm_head = StoredMatrix(
+                stored_as, convert("lm_head_weight", lm_head, compute_dtype))
+        self._bind(stored_weight, convert("projection_bias", bias, compute_dtype),
+                   stored_lm_head)
+
+    @classmethod
+    def from_stored(cls, weight_dtype: str, projection_weight: Any, projection_bias: Any,
+                    lm_head_weight: Any, *, projection_scales: Any = None,
+                    lm_head_scales: Any = None) -> DraftHead:
+        """A head from weights already in their stored form (as
+        :meth:`stored_arrays` returns them, or as read from a checkpoint):
+        ``bfloat16`` as uint16 bit patterns, ``float16``, ``int8`` with float32
+        per-row scales, or ``float32``/``float64``.  Nothing is re-rounded;
+        everything is checked (dtypes, shapes, finite values)."""
+        stored_as = resolve_weight_dtype(weight_dtype)
+        weight = StoredMatrix.from_arrays(stored_as, projection_weight, projection_scales,
+                                          "projection_weight")
+        lm_head = StoredMatrix.from_arrays(stored_as, lm_head_weight, lm_head_scales,
+                                           "lm_head_weight")
+        bias_dtype = np.float32 if stored_as in LOW_PRECISION else np.dtype(stored_as)
+        bias = real_array(projection_bias, "projection_bias")
+        head_arrays(weight.data, bias, lm_head.data,
+                    ("projection_weight", "projection_bias", "lm_head_weight"))
+        if bias.dtype.kind == "f" and bias.dtype.newbyteorder("=") != bias_dtype:
+            raise TypeError(f"projection_bias of a {stored_as} head must be "
+                            f"{np.dtype(bias_dtype)}, got {bias.dtype}")
+        bias = as_kernel_array(bias, np.dtype(bias_dtype))
+        check_finite(bias, "projection_bias")
+        head = cls.__new__(cls)
+        head._bind(weight, bias, lm_head)
+        return head
+
+    def _bind(self, weight: StoredMatrix, bias: np.ndarray, lm_head: StoredMatrix) -> None:
+        """Hand validated stored weights to the active backend's kernel."""
+        self._weight = weight
+        self._bias = bias
+        self._lm_head = lm_head
+        self._dtype = bias.dtype
+        self._weight_dtype = weight.weight_dtype
         self._backend = _backend.active()
+        low_precision = weight.weight_dtype in LOW_PRECISION
         self._kernel = self._backend.draft.KernelHead(
-            arrays["projection_weight"], arrays["projection_bias"], arrays["lm_head_weight"]
-        )
-        self._arrays = arrays
-        weight_bytes = sum(a.nbytes for a in arrays.values())
-        self._parallel = weight_bytes >= PARALLEL_MIN_WEIGHT_BYTES
+            weight.data, bias, lm_head.data,
+            weight.weight_dtype if low_precision else "native", weight.scales, lm_head.scales)
+        self._nbytes = weight.nbytes + bias.nbytes + lm_head.nbytes
+        self._parallel = self._nbytes >= PARALLEL_MIN_WEIGHT_BYTES
         self._default_threads = self._backend.draft.max_threads()
         self._d_model = self._kernel.d_model
         self._vocab_size = self._kernel.vocab
@@ -139,7 +208,19 @@ class DraftHead:
 
     @property
     def dtype(self) -> np.dtype:
+        """Compute dtype: of hidden states, outputs and the bias."""
         return self._dtype
+
+    @property
+    def weight_dtype(self) -> str:
+        """How W and L are stored: float32, float64, bfloat16, float16 or int8."""
+        return self._weight_dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of stored weights (both matrices, bias, int8 scales): what a
+        single-state predict streams from memory."""
+        return self._nbytes
 
     @property
     def backend(self) -> str:
@@ -148,31 +229,51 @@ class DraftHead:
 
     @property
     def projection_weight(self) -> np.ndarray:
-        return self._read_only("projection_weight")
+        """W as the kernel computes with it (dequantized to float32 for
+        low-precision heads, a new array on each access)."""
+        return _read_only(self._weight.dequantize())
 
     @property
     def projection_bias(self) -> np.ndarray:
-        return self._read_only("projection_bias")
+        return _read_only(self._bias)
 
     @property
     def lm_head_weight(self) -> np.ndarray:
-        return self._read_only("lm_head_weight")
+        """L as the kernel computes with it (see ``projection_weight``)."""
+        return _read_only(self._lm_head.dequantize())
 
-    def _read_only(self, name: str) -> np.ndarray:
-        view = self._arrays[name].view()
-        view.flags.writeable = False
-        return view
+    def stored_arrays(self) -> dict[str, np.ndarray]:
+        """The weights exactly as stored (read-only): ``projection.weight``,
+        ``projection.bias``, ``lm_head.weight`` and, for int8,
+        ``projection.weight_scale`` and ``lm_head.weight_scale``.  bfloat16
+        matrices are uint16 bit patterns."""
+        arrays = {"projection.weight": self._weight.data, "projection.bias": self._bias,
+                  "lm_head.weight": self._lm_head.data}
+        if self._weight.scales is not None and self._lm_head.scales is not None:
+            arrays["projection.weight_scale"] = self._weight.scales
+            arrays["lm_head.weight_scale"] = self._lm_head.scales
+        return {name: _read_only(array) for name, array in arrays.items()}
+
+    def to(self, weight_dtype: Any) -> DraftHead:
+        """This head with its matrices stored as ``weight_dtype`` (this very
+        head if it already is).  Converting a low-precision head re-rounds its
+        dequantized weights; the bias becomes the new compute dtype."""
+        stored_as = resolve_weight_dtype(weight_dtype)
+        if stored_as == self._weight_dtype:
+            return self
+        return DraftHead(self._weight.dequantize(), self._bias, self._lm_head.dequantize(),
+                         weight_dtype=stored_as)
 
     def __reduce__(self) -> tuple:
-        # Pickles (e.g. for multiprocessing) as its weights; unpickling
-        # re-validates them and binds the backend active at that time.
-        arrays = self._arrays
-        return (DraftHead, (arrays["projection_weight"], arrays["projection_bias"],
-                            arrays["lm_head_weight"]))
+        # Pickles (e.g. for multiprocessing) as its stored weights, bit for
+        # bit; unpickling re-checks them and binds the backend active then.
+        return (_restore_head, (self._weight_dtype, self._weight.data, self._bias,
+                                self._lm_head.data, self._weight.scales, self._lm_head.scales))
 
     def __repr__(self) -> str:
         return (f"DraftHead(d_model={self.d_model}, d_proj={self.d_proj}, "
-                f"vocab_size={self.vocab_size}, dtype={self.dtype}, backend={self.backend!r})")
+                f"vocab_size={self.vocab_size}, weight_dtype={self.weight_dtype!r}, "
+                f"dtype={self.dtype}, backend={self.backend!r})")
 
     # -- inference --------------------------------------------------------------
 
@@ -257,13 +358,30 @@ class DraftHead:
         )
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def _restore_head(weight_dtype: str, weight: np.ndarray, bias: np.ndarray,
+                  lm_head: np.ndarray, weight_scales: Optional[np.ndarray],
+                  lm_head_scales: Optional[np.ndarray]) -> DraftHead:
+    return DraftHead.from_stored(weight_dtype, weight, bias, lm_head,
+                                 projection_scales=weight_scales,
+                                 lm_head_scales=lm_head_scales)
+
+
 def predict(hidden: Any, projection_weight: Any, projection_bias: Any, lm_head_weight: Any,
             **kwargs: Any) -> DraftResult:
     """One-shot ``DraftHead(W, b, L).predict(hidden, **kwargs)``.
 
     Builds (and validates) the head on every call: reuse a ``DraftHead`` when
-    the weights do not change.  ``dtype`` goes to the head, the rest to predict.
+    the weights do not change.  ``dtype`` and ``weight_dtype`` go to the head,
+    the rest to predict.
     """
     dtype = kwargs.pop("dtype", None)
-    head = DraftHead(projection_weight, projection_bias, lm_head_weight, dtype=dtype)
+    weight_dtype = kwargs.pop("weight_dtype", None)
+    head = DraftHead(projection_weight, projection_bias, lm_head_weight, dtype=dtype,
+                     weight_dtype=weight_dtype)
     return head.predict(hidden, **kwargs)

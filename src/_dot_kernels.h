@@ -111,6 +111,193 @@ static inline T ef_finish_##suffix(const T* acc, const T* row, const T* x,      
 EF_DEFINE_DOTS(float, ef_f32x8, f32)
 EF_DEFINE_DOTS(double, ef_f64x8, f64)
 
+/* ---------------------------------------------------------------------------
+ * Low-precision weights.  A stored weight converts exactly to float32 (bf16
+ * and fp16 are subsets of float32; an int8 value is an integer), so the
+ * converting kernels below compute the very float32 dot products that the
+ * float32 kernels compute on the converted row: the same lanes, the same
+ * order.  That keeps batch == single bit-identical for every storage type.
+ * Int8 rows carry a float32 scale, applied by the caller to the finished dot.
+ *
+ *   ef_acc_1x1_<w>, ef_acc_4x1_<w>, ef_finish_<w>   as above, float32 x and acc
+ *   ef_acc_8x1_i8(r0, step, x, n, acc)   acc[u] += row(r0 + u * step) . x, u < 8
+ *   ef_decode_<w>(row, n, out)    out[j] = float(row[j]) (n a multiple of 8)
+ * with <w> one of bf16 (uint16 bit patterns), f16 (IEEE half), i8.
+ * ------------------------------------------------------------------------- */
+
+typedef unsigned short ef_u16x8 __attribute__((vector_size(8 * sizeof(unsigned short))));
+typedef unsigned int ef_u32x8 __attribute__((vector_size(8 * sizeof(unsigned int))));
+typedef int ef_i32x8 __attribute__((vector_size(8 * sizeof(int))));
+typedef signed char ef_i8x8 __attribute__((vector_size(8)));
+
+static inline float ef_bits_to_f32(unsigned int bits)
+{
+    float f;
+    memcpy(&f, &bits, sizeof(f));
+    return f;
+}
+
+/* Converting loads of 8 stored weights.  GCC's __builtin_convertvector
+ * widens 8-bit and 16-bit vectors element by element on x86, so x86 targets
+ * spell the widening out with intrinsics (one vpmovzx/vpmovsx per 8 weights on
+ * AVX2, unpacks on SSE2); other targets (NEON) use the generic form. */
+#if defined(__AVX2__) || defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#if defined(__SSE2__) && !defined(__AVX2__)
+static inline ef_f32x8 ef_pack_f32x4(__m128 lo, __m128 hi)
+{
+    ef_f32x8 v;
+    memcpy(&v, &lo, sizeof(lo));
+    memcpy((char*) &v + sizeof(lo), &hi, sizeof(hi));
+    return v;
+}
+#endif
+
+/* bfloat16 is the upper half of a float32. */
+static inline ef_f32x8 ef_load_bf16(const unsigned short* p)
+{
+#if defined(__AVX2__)
+    __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*) p));
+    return (ef_f32x8) _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+#elif defined(__SSE2__)
+    __m128i h = _mm_loadu_si128((const __m128i*) p), zero = _mm_setzero_si128();
+    return ef_pack_f32x4(_mm_castsi128_ps(_mm_unpacklo_epi16(zero, h)),
+                         _mm_castsi128_ps(_mm_unpackhi_epi16(zero, h)));
+#else
+    ef_u32x8 bits = __builtin_convertvector(EF_LOAD(ef_u16x8, p), ef_u32x8) << 16;
+    return (ef_f32x8) bits;
+#endif
+}
+
+static inline float ef_scalar_bf16(unsigned short h)
+{
+    return ef_bits_to_f32((unsigned int) h << 16);
+}
+
+/* IEEE half -> float32: F16C's vcvtph2ps where the target has it, else the
+ * exact integer re-biasing below (normal, subnormal, zero, inf/NaN). */
+static inline ef_u32x8 ef_half_bits_to_f32_bits(ef_u32x8 h)
+{
+    const unsigned int inf_exp = 0x7c00u << 13;
+    ef_u32x8 sign = (h & 0x8000u) << 16;
+    ef_u32x8 bits = (h & 0x7fffu) << 13;
+    ef_u32x8 exponent = bits & inf_exp;
+    bits += (127u - 15u) << 23;
+    bits += (ef_u32x8) (exponent == inf_exp) & ((128u - 16u) << 23);
+    /* Subnormals: let the FPU normalise them (exact). */
+    ef_u32x8 magic = (ef_u32x8) {0} + (113u << 23);
+    ef_f32x8 sub = (ef_f32x8) (bits + (1u << 23)) - (ef_f32x8) magic;
+    ef_u32x8 is_sub = (ef_u32x8) (exponent == 0);
+    bits = (is_sub & (ef_u32x8) sub) | (~is_sub & bits);
+    return bits | sign;
+}
+
+#if defined(__F16C__)
+static inline ef_f32x8 ef_load_f16(const unsigned short* p)
+{
+    return (ef_f32x8) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) p));
+}
+#else
+static inline ef_f32x8 ef_load_f16(const unsigned short* p)
+{
+    ef_u32x8 h = __builtin_convertvector(EF_LOAD(ef_u16x8, p), ef_u32x8);
+    return (ef_f32x8) ef_half_bits_to_f32_bits(h);
+}
+#endif
+
+static inline float ef_scalar_f16(unsigned short h)
+{
+    ef_u32x8 v = (ef_u32x8) {0} + h;
+    return ef_bits_to_f32(ef_half_bits_to_f32_bits(v)[0]);
+}
+
+static inline ef_f32x8 ef_load_i8(const signed char* p)
+{
+#if defined(__AVX2__)
+    __m128i q = _mm_loadl_epi64((const __m128i*) p);
+    return (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+#elif defined(__SSE2__)
+    __m128i q = _mm_loadl_epi64((const __m128i*) p);
+    __m128i q16 = _mm_srai_epi16(_mm_unpacklo_epi8(q, q), 8);
+    return ef_pack_f32x4(_mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpacklo_epi16(q16, q16), 16)),
+                         _mm_cvtepi32_ps(_mm_srai_epi32(_mm_unpackhi_epi16(q16, q16), 16)));
+#else
+    /* Via int32: a direct char -> float conversion compiles to scalar code. */
+    return __builtin_convertvector(__builtin_convertvector(EF_LOAD(ef_i8x8, p), ef_i32x8),
+                                   ef_f32x8);
+#endif
+}
+
+static inline float ef_scalar_i8(signed char q)
+{
+    return (float) q;
+}
+
+#define EF_DEFINE_CONVERTING_DOTS(W, suffix)                                      \
+static inline void ef_acc_1x1_##suffix(const W* row, const float* x,             \
+                                       ptrdiff_t n, float* acc)                   \
+{                                                                                 \
+    ef_f32x8 a = EF_LOAD(ef_f32x8, acc);                                          \
+    for (ptrdiff_t j = 0; j < n; j += EF_LANES)                                   \
+        a += ef_load_##suffix(row + j) * EF_LOAD(ef_f32x8, x + j);                \
+    EF_STORE(ef_f32x8, acc, a);                                                   \
+}                                                                                 \
+                                                                                  \
+static inline void ef_acc_4x1_##suffix(const W* r0, const W* r1, const W* r2,    \
+                                       const W* r3, const float* x, ptrdiff_t n, \
+                                       float* acc)                                \
+{                                                                                 \
+    ef_f32x8 a0 = EF_LOAD(ef_f32x8, acc), a1 = EF_LOAD(ef_f32x8, acc + 8);        \
+    ef_f32x8 a2 = EF_LOAD(ef_f32x8, acc + 16), a3 = EF_LOAD(ef_f32x8, acc + 24);  \
+    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
+        ef_f32x8 xv = EF_LOAD(ef_f32x8, x + j);                                   \
+        a0 += ef_load_##suffix(r0 + j) * xv;                                      \
+        a1 += ef_load_##suffix(r1 + j) * xv;                                      \
+        a2 += ef_load_##suffix(r2 + j) * xv;                                      \
+        a3 += ef_load_##suffix(r3 + j) * xv;                                      \
+    }                                                                             \
+    EF_STORE(ef_f32x8, acc, a0); EF_STORE(ef_f32x8, acc + 8, a1);                 \
+    EF_STORE(ef_f32x8, acc + 16, a2); EF_STORE(ef_f32x8, acc + 24, a3);           \
+}                                                                                 \
+                                                                                  \
+static inline float ef_finish_##suffix(const float* acc, const W* row,           \
+                                       const float* x, ptrdiff_t n_vec,          \
+                                       ptrdiff_t n)                               \
+{                                                                                 \
+    float total = ((acc[0] + acc[4]) + (acc[2] + acc[6]))                         \
+                + ((acc[1] + acc[5]) + (acc[3] + acc[7]));                        \
+    for (ptrdiff_t j = n_vec; j < n; j++)                                         \
+        total += ef_scalar_##suffix(row[j]) * x[j];                               \
+    return total;                                                                 \
+}                                                                                 \
+                                                                                  \
+static inline void ef_decode_##suffix(const W* row, ptrdiff_t n, float* out)     \
+{                                                                                 \
+    for (ptrdiff_t j = 0; j < n; j += EF_LANES)                                   \
+        EF_STORE(ef_f32x8, out + j, ef_load_##suffix(row + j));                   \
+}
+
+EF_DEFINE_CONVERTING_DOTS(unsigned short, bf16)
+EF_DEFINE_CONVERTING_DOTS(unsigned short, f16)
+EF_DEFINE_CONVERTING_DOTS(signed char, i8)
+
+/* Int8 rows, one byte per FMA, are compute-bound: eight rows give eight
+ * independent FMA chains, enough to hide the FMA latency (four are not). */
+static inline void ef_acc_8x1_i8(const signed char* r0, ptrdiff_t row_step,
+                                 const float* x, ptrdiff_t n, float* acc)
+{
+    ef_f32x8 a[8];
+    for (int u = 0; u < 8; u++) a[u] = EF_LOAD(ef_f32x8, acc + 8 * u);
+    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {
+        ef_f32x8 xv = EF_LOAD(ef_f32x8, x + j);
+        for (int u = 0; u < 8; u++)
+            a[u] += ef_load_i8(r0 + u * row_step + j) * xv;
+    }
+    for (int u = 0; u < 8; u++) EF_STORE(ef_f32x8, acc + 8 * u, a[u]);
+}
+
 /* Memory read-bandwidth probe for the benchmarks: sums n floats (n a multiple
  * of 64) as 8 concurrent sequential streams, 8 lanes each. */
 static inline float ef_sum_8_streams_f32(const float* data, ptrdiff_t n)

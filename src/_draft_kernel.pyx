@@ -44,6 +44,7 @@ COMPILER = _build_info.EAGLE_FAST_COMPILER.decode()
 cdef enum:
     COL_BLOCK = 1024   # columns per block for many states: 4 states x 4 KiB in L1
     ROW_BLOCK = 12     # rows sharing one block of states (batched path; 3 | 12)
+    TILE_SIZE = ROW_BLOCK * COL_BLOCK   # floats of one converted row block
 
 
 def max_threads():
@@ -97,6 +98,29 @@ cdef extern from "_dot_kernels.h" nogil:
     double ef_finish_f64(const double* acc, const double* row, const double* x,
                          Py_ssize_t n_vec, Py_ssize_t n)
     float ef_sum_8_streams_f32(const float* data, Py_ssize_t n)
+    # Low-precision storage (bf16 bit patterns, IEEE half, int8), float32 compute.
+    void ef_acc_1x1_bf16(const unsigned short* row, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_1x1_f16(const unsigned short* row, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_1x1_i8(const signed char* row, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_4x1_bf16(const unsigned short* r0, const unsigned short* r1,
+                         const unsigned short* r2, const unsigned short* r3,
+                         const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_4x1_f16(const unsigned short* r0, const unsigned short* r1,
+                        const unsigned short* r2, const unsigned short* r3,
+                        const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_4x1_i8(const signed char* r0, const signed char* r1, const signed char* r2,
+                       const signed char* r3, const float* x, Py_ssize_t n, float* acc)
+    float ef_finish_bf16(const float* acc, const unsigned short* row, const float* x,
+                         Py_ssize_t n_vec, Py_ssize_t n)
+    float ef_finish_f16(const float* acc, const unsigned short* row, const float* x,
+                        Py_ssize_t n_vec, Py_ssize_t n)
+    float ef_finish_i8(const float* acc, const signed char* row, const float* x,
+                       Py_ssize_t n_vec, Py_ssize_t n)
+    void ef_acc_8x1_i8(const signed char* r0, Py_ssize_t row_step, const float* x,
+                       Py_ssize_t n, float* acc)
+    void ef_decode_bf16(const unsigned short* row, Py_ssize_t n, float* out)
+    void ef_decode_f16(const unsigned short* row, Py_ssize_t n, float* out)
+    void ef_decode_i8(const signed char* row, Py_ssize_t n, float* out)
 
 
 cdef enum:
@@ -139,48 +163,146 @@ cdef inline floating finish(const floating* acc, const floating* row, const floa
 
 
 # ---------------------------------------------------------------------------
+# Weight matrices as stored: the compute dtype itself, or (float32 compute
+# only) bfloat16 bit patterns, IEEE half, or int8 with a float32 scale per row.
+# Low-precision rows are converted exactly to float32 as they are read.
+# ---------------------------------------------------------------------------
+
+cdef enum:
+    STORED_NATIVE = 0   # float32 or float64, the compute dtype
+    STORED_BF16 = 1
+    STORED_F16 = 2
+    STORED_I8 = 3
+
+STORAGE_CODES = {"native": STORED_NATIVE, "bfloat16": STORED_BF16,
+                 "float16": STORED_F16, "int8": STORED_I8}
+
+ctypedef struct StoredMatrix:
+    const char* data
+    const float* scales       # int8 row scales, else NULL
+    int storage
+    Py_ssize_t n_rows, n_cols, row_bytes
+
+
+cdef inline const char* row_at(const StoredMatrix* m, Py_ssize_t r) noexcept nogil:
+    return m.data + r * m.row_bytes
+
+
+cdef inline Py_ssize_t spread_rows(const StoredMatrix* m) noexcept nogil:
+    """Rows one state reads at a time.  Four read streams saturate memory;
+    int8 rows, 1 byte per FMA, are compute-bound with only four FMA chains in
+    flight, so they take eight."""
+    return 8 if m.storage == STORED_I8 else 4
+
+
+cdef inline void acc_spread_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t stride,
+                                 const floating* x, Py_ssize_t n,
+                                 floating* acc) noexcept nogil:
+    """acc[u] += row(r + u * stride) . x for u < spread_rows(m)."""
+    cdef const char* w = row_at(m, r)
+    cdef Py_ssize_t step = stride * m.row_bytes
+    if floating is double or m.storage == STORED_NATIVE:
+        acc_4x1(<const floating*> w, <const floating*> (w + step),
+                <const floating*> (w + 2 * step), <const floating*> (w + 3 * step), x, n, acc)
+    elif m.storage == STORED_BF16:
+        ef_acc_4x1_bf16(<const unsigned short*> w, <const unsigned short*> (w + step),
+                        <const unsigned short*> (w + 2 * step),
+                        <const unsigned short*> (w + 3 * step), x, n, acc)
+    elif m.storage == STORED_F16:
+        ef_acc_4x1_f16(<const unsigned short*> w, <const unsigned short*> (w + step),
+                       <const unsigned short*> (w + 2 * step),
+                       <const unsigned short*> (w + 3 * step), x, n, acc)
+    else:
+        ef_acc_8x1_i8(<const signed char*> w, stride * m.n_cols, x, n, acc)
+
+
+cdef inline void acc_1x1_row(const StoredMatrix* m, Py_ssize_t r, const floating* x,
+                             Py_ssize_t n, floating* acc) noexcept nogil:
+    cdef const char* w = row_at(m, r)
+    if floating is double or m.storage == STORED_NATIVE:
+        acc_1x1(<const floating*> w, x, n, acc)
+    elif m.storage == STORED_BF16:
+        ef_acc_1x1_bf16(<const unsigned short*> w, x, n, acc)
+    elif m.storage == STORED_F16:
+        ef_acc_1x1_f16(<const unsigned short*> w, x, n, acc)
+    else:
+        ef_acc_1x1_i8(<const signed char*> w, x, n, acc)
+
+
+cdef inline floating finish_row(const StoredMatrix* m, Py_ssize_t r, const floating* acc,
+                                const floating* x, Py_ssize_t n_vec) noexcept nogil:
+    """The finished dot product row(r) . x (scaled, for int8 rows)."""
+    cdef const char* w = row_at(m, r)
+    if floating is double or m.storage == STORED_NATIVE:
+        return finish(acc, <const floating*> w, x, n_vec, m.n_cols)
+    elif m.storage == STORED_BF16:
+        return ef_finish_bf16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
+    elif m.storage == STORED_F16:
+        return ef_finish_f16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
+    else:
+        return ef_finish_i8(acc, <const signed char*> w, x, n_vec, m.n_cols) * m.scales[r]
+
+
+cdef void decode_tile(const StoredMatrix* m, Py_ssize_t row0, Py_ssize_t n_block_rows,
+                      Py_ssize_t col0, Py_ssize_t width, float* tile) noexcept nogil:
+    """tile[r, :width] = float32(row(row0 + r)[col0 : col0 + width]); width % 8 == 0."""
+    cdef Py_ssize_t r
+    cdef const char* w
+    for r in range(n_block_rows):
+        w = row_at(m, row0 + r)
+        if m.storage == STORED_BF16:
+            ef_decode_bf16(<const unsigned short*> w + col0, width, tile + r * width)
+        elif m.storage == STORED_F16:
+            ef_decode_f16(<const unsigned short*> w + col0, width, tile + r * width)
+        else:
+            ef_decode_i8(<const signed char*> w + col0, width, tile + r * width)
+
+
+# ---------------------------------------------------------------------------
 # products[s, r] = states[s] . weight[r] for the rows of one chunk.
 # ---------------------------------------------------------------------------
 
 cdef inline Py_ssize_t lane_buffer_size(Py_ssize_t n_states) noexcept nogil:
     """Lane-buffer elements one chunk needs (see chunk_products)."""
-    return max(4, ROW_BLOCK * n_states) * LANES
+    return max(8, ROW_BLOCK * n_states) * LANES
 
 
-cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop,
-                         const floating* weight, Py_ssize_t n_rows, Py_ssize_t n_cols,
+cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* m,
                          const floating* states, Py_ssize_t n_states,
-                         floating* products, floating* lanes) noexcept nogil:
+                         floating* products, floating* lanes, float* tile) noexcept nogil:
+    cdef Py_ssize_t n_rows = m.n_rows, n_cols = m.n_cols
     cdef Py_ssize_t n_vec = n_cols - n_cols % LANES
     cdef Py_ssize_t r, s, u, row0, col0, width, col_block, n_block_rows, n_grouped_rows, stride
-    cdef Py_ssize_t block, col_step
+    cdef Py_ssize_t block, col_step, tile_stride, n_spread
     cdef Py_ssize_t n_grouped = n_states - n_states % 4
+    cdef bint converted = m.storage != STORED_NATIVE
     cdef const floating* x
     cdef const floating* w
+    cdef const floating* tile_rows
     cdef floating* acc
 
     if n_states == 1:
-        # Rows r, r + q, r + 2q, r + 3q: four long read streams, one x.
-        stride = (stop - start) // 4
+        # Rows r, r + q, r + 2q, ...: a few long read streams, one x.
+        n_spread = spread_rows(m)
+        stride = (stop - start) // n_spread
         for r in range(start, start + stride):
-            w = weight + r * n_cols
-            memset(lanes, 0, 4 * LANES * sizeof(floating))
-            acc_4x1(w, w + stride * n_cols, w + 2 * stride * n_cols,
-                    w + 3 * stride * n_cols, states, n_vec, lanes)
-            for u in range(4):
-                products[r + u * stride] = finish(
-                    lanes + u * LANES, w + u * stride * n_cols, states, n_vec, n_cols)
-        for r in range(start + 4 * stride, stop):
-            w = weight + r * n_cols
+            memset(lanes, 0, n_spread * LANES * sizeof(floating))
+            acc_spread_rows(m, r, stride, states, n_vec, lanes)
+            for u in range(n_spread):
+                products[r + u * stride] = finish_row(
+                    m, r + u * stride, lanes + u * LANES, states, n_vec)
+        for r in range(start + n_spread * stride, stop):
             memset(lanes, 0, LANES * sizeof(floating))
-            acc_1x1(w, states, n_vec, lanes)
-            products[r] = finish(lanes, w, states, n_vec, n_cols)
+            acc_1x1_row(m, r, states, n_vec, lanes)
+            products[r] = finish_row(m, r, lanes, states, n_vec)
         return
 
     # Batched: ROW_BLOCK rows against groups of 4 states, 3 rows x 4 states
     # per step.  Few states fit in cache whole, so rows stream in one piece;
-    # many states are cut into column blocks that stay in L1.
-    col_block = n_vec if n_states <= 8 else COL_BLOCK
+    # many states are cut into column blocks that stay in L1.  Low-precision
+    # rows are converted once per column block into a float32 tile shared by
+    # all states.
+    col_block = COL_BLOCK if (n_states > 8 or converted) else n_vec
     for block in range((stop - start + ROW_BLOCK - 1) // ROW_BLOCK):
         row0 = start + block * ROW_BLOCK
         n_block_rows = min(<Py_ssize_t> ROW_BLOCK, stop - row0)
@@ -189,30 +311,36 @@ cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop,
         for col_step in range((n_vec + col_block - 1) // col_block if col_block else 0):
             col0 = col_step * col_block
             width = min(col_block, n_vec - col0)
+            if floating is float and converted:
+                decode_tile(m, row0, n_block_rows, col0, width, tile)
+                tile_rows = tile
+                tile_stride = width
+            else:
+                tile_rows = <const floating*> row_at(m, row0) + col0
+                tile_stride = n_cols
             for s in range(0, n_grouped, 4):
                 x = states + s * n_cols + col0
                 for r in range(0, n_grouped_rows, 3):
-                    w = weight + (row0 + r) * n_cols + col0
+                    w = tile_rows + r * tile_stride
                     acc = lanes + (r * n_states + s) * LANES
-                    acc_3x4(w, w + n_cols, w + 2 * n_cols, x, x + n_cols, x + 2 * n_cols,
-                            x + 3 * n_cols, width, acc, acc + n_states * LANES,
-                            acc + 2 * n_states * LANES)
+                    acc_3x4(w, w + tile_stride, w + 2 * tile_stride, x, x + n_cols,
+                            x + 2 * n_cols, x + 3 * n_cols, width, acc,
+                            acc + n_states * LANES, acc + 2 * n_states * LANES)
                 for r in range(n_grouped_rows, n_block_rows):
-                    w = weight + (row0 + r) * n_cols + col0
+                    w = tile_rows + r * tile_stride
                     for u in range(4):
                         acc_1x1(w, x + u * n_cols, width,
                                 lanes + (r * n_states + s + u) * LANES)
             for s in range(n_grouped, n_states):
                 x = states + s * n_cols + col0
                 for r in range(n_block_rows):
-                    acc_1x1(weight + (row0 + r) * n_cols + col0, x, width,
+                    acc_1x1(tile_rows + r * tile_stride, x, width,
                             lanes + (r * n_states + s) * LANES)
         for r in range(n_block_rows):
-            w = weight + (row0 + r) * n_cols
             for s in range(n_states):
-                products[s * n_rows + row0 + r] = finish(
-                    lanes + (r * n_states + s) * LANES, w, states + s * n_cols,
-                    n_vec, n_cols)
+                products[s * n_rows + row0 + r] = finish_row(
+                    m, row0 + r, lanes + (r * n_states + s) * LANES, states + s * n_cols,
+                    n_vec)
 
 
 # ---------------------------------------------------------------------------
@@ -341,59 +469,67 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t chunk,
     return n * chunk // n_chunks
 
 
-cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const floating* weight,
-                         const floating* bias, Py_ssize_t d_model, Py_ssize_t d_proj,
-                         const floating* hidden, Py_ssize_t n_states,
-                         floating* x, floating* lanes) noexcept nogil:
+cdef inline float* chunk_tile(float* tiles, Py_ssize_t c) noexcept nogil:
+    return tiles + c * TILE_SIZE if tiles != NULL else NULL
+
+
+cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* weight,
+                         const floating* bias, const floating* hidden, Py_ssize_t n_states,
+                         floating* x, floating* lanes, float* tiles) noexcept nogil:
+    cdef Py_ssize_t d_proj = weight.n_rows
     cdef Py_ssize_t start = chunk_start(d_proj, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(d_proj, c + 1, n_chunks)
-    chunk_products(start, stop, weight, d_proj, d_model, hidden, n_states, x,
-                   lanes + c * lane_buffer_size(n_states))
+    chunk_products(start, stop, weight, hidden, n_states, x,
+                   lanes + c * lane_buffer_size(n_states), chunk_tile(tiles, c))
     projection_chunk(start, stop, bias, x, d_proj, n_states)
 
 
-cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const floating* lm_head,
-                         Py_ssize_t d_proj, Py_ssize_t vocab, const floating* x,
-                         Py_ssize_t n_states, floating* logits, double temperature,
-                         Py_ssize_t top_k, double* stats, floating* top_values,
-                         int64_t* top_ids, floating* lanes) noexcept nogil:
+cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* lm_head,
+                         const floating* x, Py_ssize_t n_states, floating* logits,
+                         double temperature, Py_ssize_t top_k, double* stats,
+                         floating* top_values, int64_t* top_ids, floating* lanes,
+                         float* tiles) noexcept nogil:
+    cdef Py_ssize_t vocab = lm_head.n_rows
     cdef Py_ssize_t start = chunk_start(vocab, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(vocab, c + 1, n_chunks)
     cdef Py_ssize_t slot = c * n_states
-    chunk_products(start, stop, lm_head, vocab, d_proj, x, n_states, logits,
-                   lanes + c * lane_buffer_size(n_states))
+    chunk_products(start, stop, lm_head, x, n_states, logits,
+                   lanes + c * lane_buffer_size(n_states), chunk_tile(tiles, c))
     softmax_topk_chunk(start, stop, logits, vocab, n_states, temperature, top_k,
                        stats + slot, stats + n_chunks * n_states + slot,
                        top_values + slot * top_k, top_ids + slot * top_k)
 
 
-cdef Py_ssize_t forward_impl(const floating* weight, const floating* bias,
-                             const floating* lm_head, Py_ssize_t d_model,
-                             Py_ssize_t d_proj, Py_ssize_t vocab,
+cdef Py_ssize_t forward_impl(const StoredMatrix* weight, const floating* bias,
+                             const StoredMatrix* lm_head,
                              const floating* hidden, Py_ssize_t n_states,
                              double temperature, Py_ssize_t top_k,
                              int64_t* tokens, floating* token_probs,
                              floating* logits, floating* probs,
                              int n_threads) except -1 nogil:
     """Returns the number of states whose softmax was not finite."""
+    cdef Py_ssize_t vocab = lm_head.n_rows
     cdef Py_ssize_t n_chunks = n_threads
     cdef Py_ssize_t n_slots = n_chunks * n_states
     cdef Py_ssize_t c, s, i, n_bad = 0
     cdef double m, total
-    cdef floating* x = <floating*> malloc(n_states * d_proj * sizeof(floating))
+    cdef floating* x = <floating*> malloc(n_states * weight.n_rows * sizeof(floating))
     cdef double* stats = <double*> malloc(2 * n_slots * sizeof(double))
     # Per-chunk top-k lists, then room for one merged list.
     cdef floating* top_values = <floating*> malloc((n_slots + 1) * top_k * sizeof(floating))
     cdef int64_t* top_ids = <int64_t*> malloc((n_slots + 1) * top_k * sizeof(int64_t))
-    # Per-chunk lane buffers of the dot-product kernels.
+    # Per-chunk lane buffers of the dot-product kernels, and float32 tiles of
+    # converted low-precision rows (batched path only).
     cdef floating* lanes = <floating*> malloc(
         n_chunks * lane_buffer_size(n_states) * sizeof(floating))
+    cdef bint need_tiles = n_states > 1 and weight.storage != STORED_NATIVE
+    cdef float* tiles = <float*> malloc(n_chunks * TILE_SIZE * sizeof(float)) if need_tiles else NULL
     cdef floating* logits_scratch = NULL
     if logits == NULL:
         logits = logits_scratch = <floating*> malloc(n_states * vocab * sizeof(floating))
     try:
         if (x == NULL or stats == NULL or top_values == NULL or top_ids == NULL
-                or lanes == NULL or logits == NULL):
+                or lanes == NULL or logits == NULL or (need_tiles and tiles == NULL)):
             with gil:
                 raise MemoryError()
         for i in range(n_slots * top_k):
@@ -402,18 +538,17 @@ cdef Py_ssize_t forward_impl(const floating* weight, const floating* bias,
 
         if n_threads == 1:
             # Small problems: no OpenMP region, so a call costs about a microsecond.
-            pass_one_chunk(0, 1, weight, bias, d_model, d_proj, hidden, n_states, x, lanes)
-            pass_two_chunk(0, 1, lm_head, d_proj, vocab, x, n_states, logits,
-                           temperature, top_k, stats, top_values, top_ids, lanes)
+            pass_one_chunk(0, 1, weight, bias, hidden, n_states, x, lanes, tiles)
+            pass_two_chunk(0, 1, lm_head, x, n_states, logits, temperature, top_k, stats,
+                           top_values, top_ids, lanes, tiles)
         else:
             with parallel(num_threads=n_threads):
                 for c in prange(n_chunks, schedule='static'):
-                    pass_one_chunk(c, n_chunks, weight, bias, d_model, d_proj,
-                                   hidden, n_states, x, lanes)
+                    pass_one_chunk(c, n_chunks, weight, bias, hidden, n_states, x, lanes,
+                                   tiles)
                 for c in prange(n_chunks, schedule='static'):
-                    pass_two_chunk(c, n_chunks, lm_head, d_proj, vocab, x, n_states,
-                                   logits, temperature, top_k, stats, top_values, top_ids,
-                                   lanes)
+                    pass_two_chunk(c, n_chunks, lm_head, x, n_states, logits, temperature,
+                                   top_k, stats, top_values, top_ids, lanes, tiles)
 
         for s in range(n_states):
             if not merge_state(n_chunks, n_states, s, top_k, stats, stats + n_slots,
@@ -439,6 +574,7 @@ cdef Py_ssize_t forward_impl(const floating* weight, const floating* bias,
         free(top_values)
         free(top_ids)
         free(lanes)
+        free(tiles)
         free(logits_scratch)
 
 
@@ -457,43 +593,49 @@ def read_probe(const float[::1] data, int n_threads):
     return total
 
 
+cdef StoredMatrix stored_matrix(cnp.ndarray data, object scales, int storage):
+    cdef StoredMatrix m
+    m.data = <const char*> cnp.PyArray_DATA(data)
+    m.scales = <const float*> cnp.PyArray_DATA(<cnp.ndarray> scales) if scales is not None else NULL
+    m.storage = storage
+    m.n_rows = cnp.PyArray_DIMS(data)[0]
+    m.n_cols = cnp.PyArray_DIMS(data)[1]
+    m.row_bytes = m.n_cols * cnp.PyArray_ITEMSIZE(data)
+    return m
+
+
 cdef class KernelHead:
     """Weights of one draft head, held as raw pointers for cheap calls.
 
-    Takes validated C-contiguous arrays of one dtype (float32 or float64) and
-    keeps references to them, so the pointers stay valid.
+    Takes validated C-contiguous arrays (the caller checks everything) and
+    keeps references to them, so the pointers stay valid.  The bias sets the
+    compute dtype (float32 or float64); ``weight_dtype`` says how the two
+    matrices are stored: "native" (the compute dtype), or, with a float32
+    bias, "bfloat16" (uint16 bit patterns), "float16" or "int8" (with float32
+    row scales ``projection_scales`` / ``lm_head_scales``).
     """
     cdef object _arrays
-    cdef const void* weight
+    cdef StoredMatrix weight
+    cdef StoredMatrix lm_head
     cdef const void* bias
-    cdef const void* lm_head
     cdef int type_num
     cdef readonly Py_ssize_t d_model, d_proj, vocab
 
-    def __init__(self, projection_weight, projection_bias, lm_head_weight):
-        cdef const float[:, ::1] w32, l32
-        cdef const float[::1] b32
-        cdef const double[:, ::1] w64, l64
-        cdef const double[::1] b64
-        self._arrays = (projection_weight, projection_bias, lm_head_weight)
-        if projection_weight.dtype.itemsize == 8:
-            self.type_num = cnp.NPY_FLOAT64
-            w64 = projection_weight
-            b64 = projection_bias
-            l64 = lm_head_weight
-            self.weight = &w64[0, 0]
-            self.bias = &b64[0]
-            self.lm_head = &l64[0, 0]
-        else:
-            self.type_num = cnp.NPY_FLOAT32
-            w32 = projection_weight
-            b32 = projection_bias
-            l32 = lm_head_weight
-            self.weight = &w32[0, 0]
-            self.bias = &b32[0]
-            self.lm_head = &l32[0, 0]
-        self.d_proj, self.d_model = projection_weight.shape
-        self.vocab = lm_head_weight.shape[0]
+    def __init__(self, cnp.ndarray projection_weight, cnp.ndarray projection_bias,
+                 cnp.ndarray lm_head_weight, str weight_dtype="native",
+                 projection_scales=None, lm_head_scales=None):
+        cdef int storage = STORAGE_CODES[weight_dtype]
+        self._arrays = (projection_weight, projection_bias, lm_head_weight,
+                        projection_scales, lm_head_scales)
+        self.type_num = cnp.PyArray_TYPE(projection_bias)
+        if storage != STORED_NATIVE and self.type_num != cnp.NPY_FLOAT32:
+            raise ValueError("low-precision weights compute in float32")
+        self.weight = stored_matrix(projection_weight, projection_scales, storage)
+        self.lm_head = stored_matrix(lm_head_weight, lm_head_scales, storage)
+        self.bias = cnp.PyArray_DATA(projection_bias)
+        self.d_proj = self.weight.n_rows
+        self.d_model = self.weight.n_cols
+        self.vocab = self.lm_head.n_rows
 
     def forward(self, cnp.ndarray hidden, double temperature, Py_ssize_t top_k,
                 bint want_logits, bint want_probs, int n_threads):
@@ -529,15 +671,13 @@ cdef class KernelHead:
         with nogil:
             if self.type_num == cnp.NPY_FLOAT64:
                 n_bad = forward_impl(
-                    <const double*> self.weight, <const double*> self.bias,
-                    <const double*> self.lm_head, self.d_model, self.d_proj, self.vocab,
+                    &self.weight, <const double*> self.bias, &self.lm_head,
                     <const double*> hidden_ptr, n_states, temperature, top_k, tokens_ptr,
                     <double*> token_probs_ptr, <double*> logits_ptr, <double*> probs_ptr,
                     n_threads)
             else:
                 n_bad = forward_impl(
-                    <const float*> self.weight, <const float*> self.bias,
-                    <const float*> self.lm_head, self.d_model, self.d_proj, self.vocab,
+                    &self.weight, <const float*> self.bias, &self.lm_head,
                     <const float*> hidden_ptr, n_states, temperature, top_k, tokens_ptr,
                     <float*> token_probs_ptr, <float*> logits_ptr, <float*> probs_ptr,
                     n_threads)

@@ -1,0 +1,165 @@
+"""How a head stores its two weight matrices: float32/float64, or low precision.
+
+* ``"bfloat16"``: uint16 bit patterns (the upper half of a float32), rounded to
+  nearest, ties to even -- correctly, also from float64 input.
+* ``"float16"``: IEEE half (NumPy's float16, correctly rounded).
+* ``"int8"``: symmetric per output row, ``w[r, j] ~ q[r, j] * scale[r]`` with
+  ``scale[r] = max_j |w[r, j]| / 127`` in float32 and ``q = round(w / scale)``;
+  an all-zero row gets ``q = 0`` and ``scale = 0``.
+
+Every stored value converts exactly to float32, and low-precision heads
+compute in float32: the kernels use exactly the dequantized weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "float16", "int8")
+LOW_PRECISION = ("bfloat16", "float16", "int8")
+
+# The array dtype each storage type keeps its matrices in.
+STORAGE_ARRAY_DTYPE: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+    "bfloat16": np.dtype(np.uint16),
+    "float16": np.dtype(np.float16),
+    "int8": np.dtype(np.int8),
+}
+
+_BF16_MAX = float(np.uint32(0x7F7F0000).view(np.float32))
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def resolve_weight_dtype(weight_dtype: Any) -> str:
+    """One of WEIGHT_DTYPES, from its name or a NumPy float dtype."""
+    if isinstance(weight_dtype, str):
+        name = weight_dtype.lower()
+        name = {"bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                "fp32": "float32", "fp64": "float64"}.get(name, name)
+    else:
+        try:
+            name = np.dtype(weight_dtype).name
+        except TypeError:
+            name = repr(weight_dtype)
+    if name not in WEIGHT_DTYPES:
+        raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}; "
+                         f"got {weight_dtype!r}")
+    return name
+
+
+def encode_bfloat16(values: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bit patterns of finite float32/float64 ``values``,
+    rounded to nearest even.  Values beyond the bfloat16 range become inf
+    (the caller reports them)."""
+    wide = np.asarray(values, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(np.float32)
+    bits = narrow.view(np.uint32).copy()
+    # Float64 input is first rounded to float32 *to odd* (truncate, then set
+    # the last bit if anything was cut off), which makes the second rounding
+    # to bfloat16 correct: no double-rounding error.
+    inexact = narrow.astype(np.float64) != wide
+    bits[inexact & (np.abs(narrow.astype(np.float64)) > np.abs(wide))] -= 1
+    bits[inexact] |= 1
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def decode_bfloat16(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-row int8 of a finite 2-D array: (q int8, scale float32)."""
+    wide = np.asarray(values, dtype=np.float64)
+    scales = (np.abs(wide).max(axis=1) / 127).astype(np.float32)
+    # A zero scale (an all-zero row, or one below float32's range) stores zeros.
+    divisor = np.where(scales > 0, scales, 1).astype(np.float64)[:, None]
+    q = np.clip(np.rint(wide / divisor), -127, 127).astype(np.int8)
+    q[scales == 0] = 0
+    return q, scales
+
+
+@dataclass(frozen=True)
+class StoredMatrix:
+    """One weight matrix as the kernels read it: ``data`` (C-contiguous, of
+    STORAGE_ARRAY_DTYPE[weight_dtype]) and, for int8, per-row float32 ``scales``."""
+
+    weight_dtype: str
+    data: np.ndarray
+    scales: Optional[np.ndarray] = None
+
+    @classmethod
+    def encode(cls, values: np.ndarray, weight_dtype: str, name: str) -> StoredMatrix:
+        """Store finite ``values`` (float or int, 2-D) as ``weight_dtype``;
+        ValueError if they do not fit."""
+        if weight_dtype == "int8":
+            q, scales = quantize_int8(values)
+            return cls("int8", q, scales)
+        if weight_dtype == "bfloat16":
+            data = encode_bfloat16(values)
+            limit = _BF16_MAX
+        else:
+            with np.errstate(over="ignore"):
+                data = np.ascontiguousarray(values, dtype=STORAGE_ARRAY_DTYPE[weight_dtype])
+            limit = float(np.finfo(data.dtype).max)
+        stored = cls(weight_dtype, data)
+        if not np.isfinite(stored.dequantize()).all():
+            big = np.abs(np.asarray(values, dtype=np.float64)).max()
+            raise ValueError(
+                f"{name} holds values too large for {weight_dtype} (largest magnitude "
+                f"{big:.6g}; the {weight_dtype} range ends at {limit:.6g})")
+        return stored
+
+    @classmethod
+    def from_arrays(cls, weight_dtype: str, data: Any, scales: Any, name: str) -> StoredMatrix:
+        """Check already-stored arrays (e.g. read from a checkpoint): dtype,
+        2-D, finite values, and for int8 one finite scale >= 0 per row."""
+        expected = STORAGE_ARRAY_DTYPE[weight_dtype]
+        array = np.asarray(data)
+        if array.dtype.newbyteorder("=") != expected:
+            raise TypeError(f"{name} stored as {weight_dtype} must have dtype {expected}, "
+                            f"got {array.dtype}")
+        if array.ndim != 2 or 0 in array.shape:
+            raise ValueError(f"{name} must be a non-empty 2-D array, got shape {array.shape}")
+        array = np.ascontiguousarray(array, dtype=expected)
+        scale_array = None
+        if weight_dtype == "int8":
+            if scales is None:
+                raise ValueError(f"{name} stored as int8 needs its per-row scales")
+            scale_array = np.ascontiguousarray(scales, dtype=np.float32)
+            if scale_array.shape != (array.shape[0],):
+                raise ValueError(f"{name} scales must have shape ({array.shape[0]},), "
+                                 f"got {scale_array.shape}")
+            if not (np.isfinite(scale_array).all() and (scale_array >= 0).all()):
+                raise ValueError(f"{name} scales must be finite and >= 0")
+        elif scales is not None:
+            raise ValueError(f"{name} stored as {weight_dtype} takes no scales")
+        stored = cls(weight_dtype, array, scale_array)
+        if weight_dtype != "int8" and not np.isfinite(stored.dequantize()).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        return stored
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes + (0 if self.scales is None else self.scales.nbytes)
+
+    def dequantize(self) -> np.ndarray:
+        """The values the kernels compute with: float32 (float64 for a float64
+        head); int8 rows are ``q * scale`` rounded to float32."""
+        if self.weight_dtype == "bfloat16":
+            return decode_bfloat16(self.data)
+        if self.weight_dtype == "int8":
+            assert self.scales is not None
+            return self.data.astype(np.float32) * self.scales[:, None]
+        if self.weight_dtype == "float16":
+            return self.data.astype(np.float32)
+        return self.data
