@@ -8,6 +8,8 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
   stored as float32/float64 or, 2-4x smaller and faster, ``weight_dtype=``
   ``"bfloat16"``, ``"float16"`` or ``"int8"``.
 * :func:`compare` -- how closely one head (say, quantized) follows another.
+* :class:`MedusaHeads` -- several residual (Medusa) heads run in one call;
+  ``DraftHead(..., d2t=...)`` maps an EAGLE-3 draft vocabulary to target ids.
 * :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
@@ -21,11 +23,13 @@ from typing import Any
 from . import _backend
 from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
+from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
 from ._storage import WEIGHT_DTYPES
 
 __version__ = "0.1.0"
-__all__ = ["DraftHead", "DraftResult", "predict", "compare", "Comparison", "WEIGHT_DTYPES",
+__all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "compare", "Comparison",
+           "WEIGHT_DTYPES",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 

@@ -62,12 +62,16 @@ class KernelHead:
     def __init__(self, projection_weight: np.ndarray, projection_bias: np.ndarray,
                  lm_head_weight: np.ndarray, weight_dtype: str = "native",
                  projection_scales: Optional[np.ndarray] = None,
-                 lm_head_scales: Optional[np.ndarray] = None) -> None:
+                 lm_head_scales: Optional[np.ndarray] = None, residual: bool = False) -> None:
         self.weight = _as_compute(projection_weight, weight_dtype, projection_scales)
         self.bias = projection_bias
         self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales)
         self.d_proj, self.d_model = projection_weight.shape
         self.vocab = lm_head_weight.shape[0]
+        self.type_num = projection_bias.dtype.num
+        self.residual = residual
+        if residual and self.d_proj != self.d_model:
+            raise ValueError("a residual head needs d_proj == d_model")
 
     def forward(self, hidden: np.ndarray, temperature: float, top_k: int,
                 want_logits: bool, want_probs: bool, n_threads: int) -> ForwardResult:
@@ -90,6 +94,8 @@ class KernelHead:
         """(n_bad, tokens, token_probs, logits, probs) of one state."""
         with np.errstate(all="ignore"):
             x = silu(matvec(self.weight, state) + self.bias)
+            if self.residual:
+                x = state + x
             scores = matvec(self.lm_head, x)
             if temperature > 0:
                 # Divide in float64: a tiny T must not underflow to 0 in float32.
@@ -103,3 +109,13 @@ class KernelHead:
         tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64)
         token_probs = (shifted[tokens] / total).astype(scores.dtype)
         return n_bad, tokens, token_probs, scores, (shifted / total).astype(scores.dtype)
+
+
+def forward_heads(kernels: list[KernelHead], hidden: np.ndarray, temperature: float,
+                  top_k: int, n_threads: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Several heads on the same ``hidden``: ``(n_bad, tokens, token_probs)``
+    shaped (num_heads, k) or (num_heads, B, k), as the compiled kernel's."""
+    results = [kernel.forward(hidden, temperature, top_k, False, False, n_threads)
+               for kernel in kernels]
+    return (sum(result[0] for result in results), np.stack([result[1] for result in results]),
+            np.stack([result[2] for result in results]))

@@ -10,6 +10,7 @@ from . import _backend
 from ._storage import LOW_PRECISION, StoredMatrix, resolve_weight_dtype
 from ._validation import (
     as_kernel_array,
+    check_d2t,
     check_finite,
     check_temperature,
     check_top_k,
@@ -40,22 +41,30 @@ class DraftResult:
     ``logits`` and ``probs`` shape ``(V,)``; for a batch of B states they gain
     a leading ``B`` axis.  ``logits`` are temperature-scaled (``L x / T``, or
     ``L x`` when T = 0), so ``probs == softmax(logits)``, as in the spec.
+
+    For a head with an EAGLE-3 draft vocabulary (``d2t``), ``tokens`` are
+    target-vocabulary ids and ``draft_tokens`` the draft-vocabulary ids they
+    come from (None otherwise); ``logits``/``probs`` are over the draft
+    vocabulary unless ``predict(..., scatter_to_target=True)``.
     """
 
-    __slots__ = ("tokens", "token_probs", "logits", "probs")
+    __slots__ = ("tokens", "token_probs", "logits", "probs", "draft_tokens")
 
     tokens: np.ndarray
     token_probs: np.ndarray
     logits: Optional[np.ndarray]
     probs: Optional[np.ndarray]
+    draft_tokens: Optional[np.ndarray]
 
     def __init__(self, tokens: np.ndarray, token_probs: np.ndarray,
                  logits: Optional[np.ndarray] = None,
-                 probs: Optional[np.ndarray] = None) -> None:
+                 probs: Optional[np.ndarray] = None,
+                 draft_tokens: Optional[np.ndarray] = None) -> None:
         self.tokens = tokens
         self.token_probs = token_probs
         self.logits = logits
         self.probs = probs
+        self.draft_tokens = draft_tokens
 
     @property
     def predicted_token(self) -> Union[int, np.ndarray]:
@@ -72,7 +81,7 @@ class DraftResult:
     def __repr__(self) -> str:
         extra = "".join(
             f", {name}=<array {getattr(self, name).shape}>"
-            for name in ("logits", "probs") if getattr(self, name) is not None
+            for name in ("logits", "probs", "draft_tokens") if getattr(self, name) is not None
         )
         return f"DraftResult(tokens={self.tokens!r}, token_probs={self.token_probs!r}{extra})"
 
@@ -96,6 +105,15 @@ class DraftHead:
         per output row with a float32 scale).  Low-precision heads compute in
         float32, with a float32 bias; see ``eagle_fast._storage`` for the exact
         rounding.  Weights beyond the float16/bfloat16 range are an error.
+    residual : bool, default False
+        A Medusa head: ``x = h + SiLU(W h + b)`` (needs d_proj == d_model).
+    d2t : array_like of int, shape (vocab_size,), optional
+        EAGLE-3 reduced draft vocabulary: draft token ``i`` is target token
+        ``i + d2t[i]``; ``tokens`` are then target ids.  Must be one-to-one
+        and inside ``[0, target_vocab_size)``.
+    target_vocab_size : int, optional
+        Size of the target vocabulary (default: one past the largest target
+        id of ``d2t``); only with ``d2t``.
 
     Weights are checked once here (shapes, finite values) and converted to
     C-contiguous arrays; arrays that already are in the stored form are not
@@ -104,7 +122,8 @@ class DraftHead:
 
     def __init__(self, projection_weight: Any, projection_bias: Any,
                  lm_head_weight: Any, *, dtype: Optional[Any] = None,
-                 weight_dtype: Optional[Any] = None) -> None:
+                 weight_dtype: Optional[Any] = None, residual: bool = False,
+                 d2t: Any = None, target_vocab_size: Optional[int] = None) -> None:
         weight, bias, lm_head = head_arrays(
             projection_weight, projection_bias, lm_head_weight,
             ("projection_weight", "projection_bias", "lm_head_weight"))
@@ -144,17 +163,19 @@ class DraftHead:
             stored_lm_head = StoredMatrix(
                 stored_as, convert("lm_head_weight", lm_head, compute_dtype))
         self._bind(stored_weight, convert("projection_bias", bias, compute_dtype),
-                   stored_lm_head)
+                   stored_lm_head, residual, d2t, target_vocab_size)
 
     @classmethod
     def from_stored(cls, weight_dtype: str, projection_weight: Any, projection_bias: Any,
                     lm_head_weight: Any, *, projection_scales: Any = None,
-                    lm_head_scales: Any = None) -> DraftHead:
+                    lm_head_scales: Any = None, residual: bool = False, d2t: Any = None,
+                    target_vocab_size: Optional[int] = None) -> DraftHead:
         """A head from weights already in their stored form (as
         :meth:`stored_arrays` returns them, or as read from a checkpoint):
         ``bfloat16`` as uint16 bit patterns, ``float16``, ``int8`` with float32
         per-row scales, or ``float32``/``float64``.  Nothing is re-rounded;
-        everything is checked (dtypes, shapes, finite values)."""
+        everything is checked (dtypes, shapes, finite values).  ``residual``,
+        ``d2t`` and ``target_vocab_size`` as in the constructor."""
         stored_as = resolve_weight_dtype(weight_dtype)
         weight = StoredMatrix.from_arrays(stored_as, projection_weight, projection_scales,
                                           "projection_weight")
@@ -170,11 +191,29 @@ class DraftHead:
         bias = as_kernel_array(bias, np.dtype(bias_dtype))
         check_finite(bias, "projection_bias")
         head = cls.__new__(cls)
-        head._bind(weight, bias, lm_head)
+        head._bind(weight, bias, lm_head, residual, d2t, target_vocab_size)
         return head
 
-    def _bind(self, weight: StoredMatrix, bias: np.ndarray, lm_head: StoredMatrix) -> None:
-        """Hand validated stored weights to the active backend's kernel."""
+    def _bind(self, weight: StoredMatrix, bias: np.ndarray, lm_head: StoredMatrix,
+              residual: Any, d2t: Any, target_vocab_size: Any) -> None:
+        """Check the head's options, then hand validated stored weights to the
+        active backend's kernel."""
+        d_proj, d_model = weight.shape
+        vocab_size = lm_head.shape[0]
+        if not isinstance(residual, (bool, np.bool_)):
+            raise TypeError(f"residual must be a bool, got {residual!r}")
+        if residual and d_proj != d_model:
+            raise ValueError(f"a residual (Medusa) head needs d_proj == d_model, got "
+                             f"projection_weight of shape {weight.shape}")
+        self._d2t: Optional[np.ndarray] = None
+        self._target_ids: Optional[np.ndarray] = None
+        self._target_vocab_size: Optional[int] = None
+        if d2t is not None:
+            self._d2t, self._target_ids, self._target_vocab_size = check_d2t(
+                d2t, vocab_size, target_vocab_size)
+        elif target_vocab_size is not None:
+            raise ValueError("target_vocab_size only applies to a head with d2t")
+        self._residual = bool(residual)
         self._weight = weight
         self._bias = bias
         self._lm_head = lm_head
@@ -184,7 +223,8 @@ class DraftHead:
         low_precision = weight.weight_dtype in LOW_PRECISION
         self._kernel = self._backend.draft.KernelHead(
             weight.data, bias, lm_head.data,
-            weight.weight_dtype if low_precision else "native", weight.scales, lm_head.scales)
+            weight.weight_dtype if low_precision else "native", weight.scales, lm_head.scales,
+            self._residual)
         self._nbytes = weight.nbytes + bias.nbytes + lm_head.nbytes
         self._parallel = self._nbytes >= PARALLEL_MIN_WEIGHT_BYTES
         self._default_threads = self._backend.draft.max_threads()
@@ -215,6 +255,21 @@ class DraftHead:
     def weight_dtype(self) -> str:
         """How W and L are stored: float32, float64, bfloat16, float16 or int8."""
         return self._weight_dtype
+
+    @property
+    def residual(self) -> bool:
+        """True for a Medusa head: x = h + SiLU(W h + b)."""
+        return self._residual
+
+    @property
+    def d2t(self) -> Optional[np.ndarray]:
+        """EAGLE-3 draft-to-target offsets (int64, read-only), or None."""
+        return None if self._d2t is None else _read_only(self._d2t)
+
+    @property
+    def target_vocab_size(self) -> Optional[int]:
+        """Size of the target vocabulary ``tokens`` index (None without d2t)."""
+        return self._target_vocab_size
 
     @property
     def nbytes(self) -> int:
@@ -262,18 +317,23 @@ class DraftHead:
         if stored_as == self._weight_dtype:
             return self
         return DraftHead(self._weight.dequantize(), self._bias, self._lm_head.dequantize(),
-                         weight_dtype=stored_as)
+                         weight_dtype=stored_as, residual=self._residual, d2t=self._d2t,
+                         target_vocab_size=self._target_vocab_size)
 
     def __reduce__(self) -> tuple:
         # Pickles (e.g. for multiprocessing) as its stored weights, bit for
         # bit; unpickling re-checks them and binds the backend active then.
         return (_restore_head, (self._weight_dtype, self._weight.data, self._bias,
-                                self._lm_head.data, self._weight.scales, self._lm_head.scales))
+                                self._lm_head.data, self._weight.scales, self._lm_head.scales,
+                                self._residual, self._d2t, self._target_vocab_size))
 
     def __repr__(self) -> str:
+        extra = ", residual=True" if self._residual else ""
+        if self._target_vocab_size is not None:
+            extra += f", target_vocab_size={self._target_vocab_size}"
         return (f"DraftHead(d_model={self.d_model}, d_proj={self.d_proj}, "
                 f"vocab_size={self.vocab_size}, weight_dtype={self.weight_dtype!r}, "
-                f"dtype={self.dtype}, backend={self.backend!r})")
+                f"dtype={self.dtype}{extra}, backend={self.backend!r})")
 
     # -- inference --------------------------------------------------------------
 
@@ -290,7 +350,8 @@ class DraftHead:
 
     def predict(self, hidden: Any, *, temperature: float = 1.0, top_k: int = 1,
                 return_logits: bool = False, return_probs: bool = False,
-                num_threads: Optional[int] = None) -> DraftResult:
+                num_threads: Optional[int] = None,
+                scatter_to_target: bool = False) -> DraftResult:
         """Draft the next token for one hidden state or a batch.
 
         Parameters
@@ -306,6 +367,9 @@ class DraftHead:
         num_threads : int, optional
             OpenMP threads: None = default (honours OMP_NUM_THREADS), -1 = all,
             -2 = all but one, ...  Small heads always run on one thread.
+        scatter_to_target : bool, default False
+            Heads with ``d2t`` only: return ``logits``/``probs`` over the target
+            vocabulary (tokens outside the draft vocabulary get -inf / 0).
 
         Returns
         -------
@@ -344,7 +408,23 @@ class DraftHead:
             token_probs = np.take_along_axis(probs, tokens, axis=-1)
             logits = logits if return_logits else None
             probs = probs if return_probs else None
-        return DraftResult(tokens, token_probs, logits, probs)
+        if self._target_ids is None:
+            if scatter_to_target:
+                raise ValueError("scatter_to_target=True needs a head with a d2t map")
+            return DraftResult(tokens, token_probs, logits, probs)
+        if scatter_to_target:
+            logits = self._scatter(logits, -np.inf)
+            probs = self._scatter(probs, 0.0)
+        return DraftResult(self._target_ids[tokens], token_probs, logits, probs,
+                           draft_tokens=tokens)
+
+    def _scatter(self, values: Optional[np.ndarray], fill: float) -> Optional[np.ndarray]:
+        """Draft-vocabulary ``values`` placed at their target ids, ``fill`` elsewhere."""
+        if values is None or self._target_ids is None or self._target_vocab_size is None:
+            return values
+        full = np.full(values.shape[:-1] + (self._target_vocab_size,), fill, values.dtype)
+        full[..., self._target_ids] = values
+        return full
 
     def _raise_non_finite(self, hidden: np.ndarray) -> None:
         bad_rows = np.flatnonzero(~np.isfinite(hidden.reshape(-1, self._d_model)).all(axis=1))
@@ -366,10 +446,12 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 def _restore_head(weight_dtype: str, weight: np.ndarray, bias: np.ndarray,
                   lm_head: np.ndarray, weight_scales: Optional[np.ndarray],
-                  lm_head_scales: Optional[np.ndarray]) -> DraftHead:
+                  lm_head_scales: Optional[np.ndarray], residual: bool,
+                  d2t: Optional[np.ndarray], target_vocab_size: Optional[int]) -> DraftHead:
     return DraftHead.from_stored(weight_dtype, weight, bias, lm_head,
                                  projection_scales=weight_scales,
-                                 lm_head_scales=lm_head_scales)
+                                 lm_head_scales=lm_head_scales, residual=residual, d2t=d2t,
+                                 target_vocab_size=target_vocab_size)
 
 
 def predict(hidden: Any, projection_weight: Any, projection_bias: Any, lm_head_weight: Any,

@@ -168,3 +168,41 @@ def resolve_num_threads(num_threads: Any, default: int) -> int:
             )
         return resolved
     return min(n, max(default, os.cpu_count() or 1))
+
+
+def check_d2t(d2t: Any, vocab_size: int,
+              target_vocab_size: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """An EAGLE-3 draft-to-target map (``target_id = draft_id + d2t[draft_id]``)
+    as ``(offsets, target_ids, target_vocab_size)``, both arrays int64.  The
+    map must cover the draft vocabulary, stay inside ``[0,
+    target_vocab_size)`` (by default one past the largest target id) and be
+    one-to-one."""
+    array = real_array(d2t, "d2t")
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"d2t must hold integer offsets, got dtype {array.dtype}")
+    if array.shape != (vocab_size,):
+        raise ValueError(f"d2t must have shape (vocab_size,) = ({vocab_size},), "
+                         f"got shape {array.shape}")
+    offsets = array.astype(np.int64)
+    targets = np.arange(vocab_size, dtype=np.int64) + offsets
+    if target_vocab_size is None:
+        limit = max(int(targets.max()) + 1, vocab_size)
+    else:
+        if isinstance(target_vocab_size, bool):
+            raise TypeError("target_vocab_size must be an integer, got a bool")
+        limit = operator.index(target_vocab_size)
+        if limit < vocab_size:
+            raise ValueError(f"target_vocab_size={limit} is smaller than the draft "
+                             f"vocabulary ({vocab_size})")
+    outside = np.flatnonzero((targets < 0) | (targets >= limit))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(f"d2t maps draft token {i} to target id {int(targets[i])}, outside "
+                         f"the target vocabulary [0, {limit})")
+    order = np.argsort(targets, kind="stable")
+    repeated = np.flatnonzero(targets[order][1:] == targets[order][:-1])
+    if repeated.size:
+        first, second = (int(i) for i in order[repeated[0]:repeated[0] + 2])
+        raise ValueError(f"d2t is not one-to-one: draft tokens {first} and {second} both "
+                         f"map to target id {int(targets[first])}")
+    return offsets, targets, limit

@@ -183,6 +183,12 @@ ctypedef struct StoredMatrix:
     int storage
     Py_ssize_t n_rows, n_cols, row_bytes
 
+ctypedef struct HeadWeights:
+    StoredMatrix weight       # W (d_proj, d_model)
+    const void* bias          # b (d_proj,), of the compute dtype
+    StoredMatrix lm_head      # L (vocab, d_proj)
+    bint residual             # x = h + SiLU(W h + b) (Medusa); needs d_proj == d_model
+
 
 cdef inline const char* row_at(const StoredMatrix* m, Py_ssize_t r) noexcept nogil:
     return m.data + r * m.row_bytes
@@ -357,13 +363,17 @@ cdef inline floating silu(floating v) noexcept nogil:
 
 
 cdef void projection_chunk(Py_ssize_t start, Py_ssize_t stop, const floating* bias,
-                           floating* x, Py_ssize_t d_proj,
-                           Py_ssize_t n_states) noexcept nogil:
-    """x[s, i] = SiLU(x[s, i] + b[i]) in place."""
+                           floating* x, Py_ssize_t d_proj, Py_ssize_t n_states,
+                           const floating* residual) noexcept nogil:
+    """x[s, i] = SiLU(x[s, i] + b[i]) in place, plus residual[s, i] (the hidden
+    state, for Medusa heads) unless residual is NULL."""
     cdef Py_ssize_t s, i
     for s in range(n_states):
         for i in range(start, stop):
             x[s * d_proj + i] = silu(x[s * d_proj + i] + bias[i])
+        if residual != NULL:
+            for i in range(start, stop):
+                x[s * d_proj + i] = residual[s * d_proj + i] + x[s * d_proj + i]
 
 
 cdef inline bint ranks_before(floating v1, int64_t i1,
@@ -473,15 +483,16 @@ cdef inline float* chunk_tile(float* tiles, Py_ssize_t c) noexcept nogil:
     return tiles + c * TILE_SIZE if tiles != NULL else NULL
 
 
-cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* weight,
-                         const floating* bias, const floating* hidden, Py_ssize_t n_states,
+cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const HeadWeights* head,
+                         const floating* hidden, Py_ssize_t n_states,
                          floating* x, floating* lanes, float* tiles) noexcept nogil:
-    cdef Py_ssize_t d_proj = weight.n_rows
+    cdef Py_ssize_t d_proj = head.weight.n_rows
     cdef Py_ssize_t start = chunk_start(d_proj, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(d_proj, c + 1, n_chunks)
-    chunk_products(start, stop, weight, hidden, n_states, x,
+    chunk_products(start, stop, &head.weight, hidden, n_states, x,
                    lanes + c * lane_buffer_size(n_states), chunk_tile(tiles, c))
-    projection_chunk(start, stop, bias, x, d_proj, n_states)
+    projection_chunk(start, stop, <const floating*> head.bias, x, d_proj, n_states,
+                     hidden if head.residual else NULL)
 
 
 cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* lm_head,
@@ -500,20 +511,19 @@ cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* 
                        top_values + slot * top_k, top_ids + slot * top_k)
 
 
-cdef Py_ssize_t forward_impl(const StoredMatrix* weight, const floating* bias,
-                             const StoredMatrix* lm_head,
-                             const floating* hidden, Py_ssize_t n_states,
-                             double temperature, Py_ssize_t top_k,
+cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
+                             Py_ssize_t n_states, double temperature, Py_ssize_t top_k,
                              int64_t* tokens, floating* token_probs,
                              floating* logits, floating* probs,
                              int n_threads) except -1 nogil:
     """Returns the number of states whose softmax was not finite."""
+    cdef const StoredMatrix* lm_head = &head.lm_head
     cdef Py_ssize_t vocab = lm_head.n_rows
     cdef Py_ssize_t n_chunks = n_threads
     cdef Py_ssize_t n_slots = n_chunks * n_states
     cdef Py_ssize_t c, s, i, n_bad = 0
     cdef double m, total
-    cdef floating* x = <floating*> malloc(n_states * weight.n_rows * sizeof(floating))
+    cdef floating* x = <floating*> malloc(n_states * head.weight.n_rows * sizeof(floating))
     cdef double* stats = <double*> malloc(2 * n_slots * sizeof(double))
     # Per-chunk top-k lists, then room for one merged list.
     cdef floating* top_values = <floating*> malloc((n_slots + 1) * top_k * sizeof(floating))
@@ -522,7 +532,7 @@ cdef Py_ssize_t forward_impl(const StoredMatrix* weight, const floating* bias,
     # converted low-precision rows (batched path only).
     cdef floating* lanes = <floating*> malloc(
         n_chunks * lane_buffer_size(n_states) * sizeof(floating))
-    cdef bint need_tiles = n_states > 1 and weight.storage != STORED_NATIVE
+    cdef bint need_tiles = n_states > 1 and head.weight.storage != STORED_NATIVE
     cdef float* tiles = <float*> malloc(n_chunks * TILE_SIZE * sizeof(float)) if need_tiles else NULL
     cdef floating* logits_scratch = NULL
     if logits == NULL:
@@ -538,14 +548,13 @@ cdef Py_ssize_t forward_impl(const StoredMatrix* weight, const floating* bias,
 
         if n_threads == 1:
             # Small problems: no OpenMP region, so a call costs about a microsecond.
-            pass_one_chunk(0, 1, weight, bias, hidden, n_states, x, lanes, tiles)
+            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes, tiles)
             pass_two_chunk(0, 1, lm_head, x, n_states, logits, temperature, top_k, stats,
                            top_values, top_ids, lanes, tiles)
         else:
             with parallel(num_threads=n_threads):
                 for c in prange(n_chunks, schedule='static'):
-                    pass_one_chunk(c, n_chunks, weight, bias, hidden, n_states, x, lanes,
-                                   tiles)
+                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes, tiles)
                 for c in prange(n_chunks, schedule='static'):
                     pass_two_chunk(c, n_chunks, lm_head, x, n_states, logits, temperature,
                                    top_k, stats, top_values, top_ids, lanes, tiles)
@@ -604,6 +613,19 @@ cdef StoredMatrix stored_matrix(cnp.ndarray data, object scales, int storage):
     return m
 
 
+cdef Py_ssize_t run_head(const HeadWeights* head, int type_num, const void* hidden,
+                         Py_ssize_t n_states, double temperature, Py_ssize_t top_k,
+                         int64_t* tokens, void* token_probs, void* logits, void* probs,
+                         int n_threads) except -1 nogil:
+    """forward_impl for the head's compute dtype."""
+    if type_num == cnp.NPY_FLOAT64:
+        return forward_impl(head, <const double*> hidden, n_states, temperature, top_k,
+                            tokens, <double*> token_probs, <double*> logits,
+                            <double*> probs, n_threads)
+    return forward_impl(head, <const float*> hidden, n_states, temperature, top_k, tokens,
+                        <float*> token_probs, <float*> logits, <float*> probs, n_threads)
+
+
 cdef class KernelHead:
     """Weights of one draft head, held as raw pointers for cheap calls.
 
@@ -612,30 +634,32 @@ cdef class KernelHead:
     compute dtype (float32 or float64); ``weight_dtype`` says how the two
     matrices are stored: "native" (the compute dtype), or, with a float32
     bias, "bfloat16" (uint16 bit patterns), "float16" or "int8" (with float32
-    row scales ``projection_scales`` / ``lm_head_scales``).
+    row scales ``projection_scales`` / ``lm_head_scales``).  ``residual``
+    makes it a Medusa head, x = h + SiLU(W h + b) (d_proj == d_model).
     """
     cdef object _arrays
-    cdef StoredMatrix weight
-    cdef StoredMatrix lm_head
-    cdef const void* bias
-    cdef int type_num
+    cdef HeadWeights head
+    cdef readonly int type_num
     cdef readonly Py_ssize_t d_model, d_proj, vocab
 
     def __init__(self, cnp.ndarray projection_weight, cnp.ndarray projection_bias,
                  cnp.ndarray lm_head_weight, str weight_dtype="native",
-                 projection_scales=None, lm_head_scales=None):
+                 projection_scales=None, lm_head_scales=None, bint residual=False):
         cdef int storage = STORAGE_CODES[weight_dtype]
         self._arrays = (projection_weight, projection_bias, lm_head_weight,
                         projection_scales, lm_head_scales)
         self.type_num = cnp.PyArray_TYPE(projection_bias)
         if storage != STORED_NATIVE and self.type_num != cnp.NPY_FLOAT32:
             raise ValueError("low-precision weights compute in float32")
-        self.weight = stored_matrix(projection_weight, projection_scales, storage)
-        self.lm_head = stored_matrix(lm_head_weight, lm_head_scales, storage)
-        self.bias = cnp.PyArray_DATA(projection_bias)
-        self.d_proj = self.weight.n_rows
-        self.d_model = self.weight.n_cols
-        self.vocab = self.lm_head.n_rows
+        self.head.weight = stored_matrix(projection_weight, projection_scales, storage)
+        self.head.lm_head = stored_matrix(lm_head_weight, lm_head_scales, storage)
+        self.head.bias = cnp.PyArray_DATA(projection_bias)
+        self.head.residual = residual
+        self.d_proj = self.head.weight.n_rows
+        self.d_model = self.head.weight.n_cols
+        self.vocab = self.head.lm_head.n_rows
+        if residual and self.d_proj != self.d_model:
+            raise ValueError("a residual head needs d_proj == d_model")
 
     def forward(self, cnp.ndarray hidden, double temperature, Py_ssize_t top_k,
                 bint want_logits, bint want_probs, int n_threads):
@@ -651,7 +675,6 @@ cdef class KernelHead:
         cdef Py_ssize_t n_states = 1 if ndim == 1 else cnp.PyArray_DIMS(hidden)[0]
         cdef cnp.npy_intp dims[2]
         cdef Py_ssize_t n_bad
-        cdef void* hidden_ptr = cnp.PyArray_DATA(hidden)
         cdef void* logits_ptr = NULL
         cdef void* probs_ptr = NULL
         dims[0] = n_states
@@ -666,19 +689,53 @@ cdef class KernelHead:
         if want_probs:
             probs = cnp.PyArray_EMPTY(ndim, dims, self.type_num, 0)
             probs_ptr = cnp.PyArray_DATA(probs)
+        cdef const void* hidden_ptr = cnp.PyArray_DATA(hidden)
         cdef int64_t* tokens_ptr = <int64_t*> cnp.PyArray_DATA(tokens)
         cdef void* token_probs_ptr = cnp.PyArray_DATA(token_probs)
         with nogil:
-            if self.type_num == cnp.NPY_FLOAT64:
-                n_bad = forward_impl(
-                    &self.weight, <const double*> self.bias, &self.lm_head,
-                    <const double*> hidden_ptr, n_states, temperature, top_k, tokens_ptr,
-                    <double*> token_probs_ptr, <double*> logits_ptr, <double*> probs_ptr,
-                    n_threads)
-            else:
-                n_bad = forward_impl(
-                    &self.weight, <const float*> self.bias, &self.lm_head,
-                    <const float*> hidden_ptr, n_states, temperature, top_k, tokens_ptr,
-                    <float*> token_probs_ptr, <float*> logits_ptr, <float*> probs_ptr,
-                    n_threads)
+            n_bad = run_head(&self.head, self.type_num, hidden_ptr, n_states, temperature,
+                             top_k, tokens_ptr, token_probs_ptr, logits_ptr, probs_ptr,
+                             n_threads)
         return n_bad, tokens, token_probs, logits, probs
+
+
+def forward_heads(list kernels, cnp.ndarray hidden, double temperature, Py_ssize_t top_k,
+                  int n_threads):
+    """Run several heads of one d_model and compute dtype (Medusa) on the same
+    ``hidden``, all in one GIL-free call.
+
+    Returns ``(n_bad, tokens, token_probs)`` shaped (num_heads, k) for one
+    state, (num_heads, B, k) for a batch; n_bad counts (head, state) pairs
+    whose softmax is not finite.
+    """
+    cdef Py_ssize_t n_heads = len(kernels), i, n_bad = 0
+    cdef int ndim = cnp.PyArray_NDIM(hidden)
+    cdef Py_ssize_t n_states = 1 if ndim == 1 else cnp.PyArray_DIMS(hidden)[0]
+    cdef KernelHead kernel = kernels[0]
+    cdef int type_num = kernel.type_num
+    cdef cnp.npy_intp dims[3]
+    dims[0] = n_heads
+    dims[1] = n_states
+    dims[ndim] = top_k
+    tokens = cnp.PyArray_EMPTY(ndim + 1, dims, cnp.NPY_INT64, 0)
+    token_probs = cnp.PyArray_EMPTY(ndim + 1, dims, type_num, 0)
+    cdef int64_t* tokens_ptr = <int64_t*> cnp.PyArray_DATA(tokens)
+    cdef char* token_probs_ptr = <char*> cnp.PyArray_DATA(token_probs)
+    cdef Py_ssize_t itemsize = cnp.PyArray_ITEMSIZE(token_probs)
+    cdef const void* hidden_ptr = cnp.PyArray_DATA(hidden)
+    cdef HeadWeights* heads = <HeadWeights*> malloc(n_heads * sizeof(HeadWeights))
+    if heads == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n_heads):
+            kernel = kernels[i]
+            heads[i] = kernel.head
+        with nogil:
+            for i in range(n_heads):
+                n_bad += run_head(&heads[i], type_num, hidden_ptr, n_states, temperature,
+                                  top_k, tokens_ptr + i * n_states * top_k,
+                                  token_probs_ptr + i * n_states * top_k * itemsize,
+                                  NULL, NULL, n_threads)
+    finally:
+        free(heads)
+    return n_bad, tokens, token_probs
