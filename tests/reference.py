@@ -90,7 +90,8 @@ def silu_wide(v: np.ndarray) -> np.ndarray:
 
 
 def float64_reference(hidden: Any, projection_weight: Any, projection_bias: Any,
-                      lm_head_weight: Any, temperature: float = 1.0) -> dict:
+                      lm_head_weight: Any, temperature: float = 1.0,
+                      residual: bool = False) -> dict:
     """Precise reference for ``DraftHead.predict``.
 
     ``hidden`` is (d_model,) or (B, d_model).  Inputs are taken as the exact
@@ -102,7 +103,8 @@ def float64_reference(hidden: Any, projection_weight: Any, projection_bias: Any,
     * ``probs`` -- their softmax;
     * ``logit_scale`` -- sum of |terms| behind each logit (|L| (|x| + |W||h| + |b|)),
       already divided by T: the natural unit for rounding-error tolerances;
-    * ``x`` -- the projected activations.
+    * ``x`` -- the projected activations (``h + SiLU(...)`` when ``residual``,
+      as in a Medusa head).
     """
     wide = _wide_float()
     h = np.asarray(hidden, dtype=np.float64)
@@ -114,8 +116,11 @@ def float64_reference(hidden: Any, projection_weight: Any, projection_bias: Any,
 
     pre = H @ W.T + b
     x = silu_wide(pre)
-    logits = x @ L.T
     pre_scale = np.abs(H) @ np.abs(W).T + np.abs(b)
+    if residual:
+        x = H + x
+        pre_scale = pre_scale + np.abs(H)
+    logits = x @ L.T
     scale = (np.abs(x) + pre_scale) @ np.abs(L).T
     if temperature > 0:
         logits = logits / wide(temperature)
