@@ -119,9 +119,9 @@ EF_DEFINE_DOTS(double, ef_f64x8, f64)
  * order.  That keeps batch == single bit-identical for every storage type.
  * Int8 rows carry a float32 scale, applied by the caller to the finished dot.
  *
- *   ef_acc_1x1_<w>, ef_acc_4x1_<w>, ef_finish_<w>   as above, float32 x and acc
+ *   ef_acc_1x1_<w>, ef_acc_4x1_<w>, ef_acc_3x4_<w>, ef_finish_<w>
+ *                                 as above, with float32 x and acc
  *   ef_acc_8x1_i8(r0, step, x, n, acc)   acc[u] += row(r0 + u * step) . x, u < 8
- *   ef_decode_<w>(row, n, out)    out[j] = float(row[j]) (n a multiple of 8)
  * with <w> one of bf16 (uint16 bit patterns), f16 (IEEE half), i8.
  * ------------------------------------------------------------------------- */
 
@@ -262,6 +262,34 @@ static inline void ef_acc_4x1_##suffix(const W* r0, const W* r1, const W* r2,   
     EF_STORE(ef_f32x8, acc + 16, a2); EF_STORE(ef_f32x8, acc + 24, a3);           \
 }                                                                                 \
                                                                                   \
+static inline void ef_acc_3x4_##suffix(const W* r0, const W* r1, const W* r2,    \
+                                       const float* x0, const float* x1,          \
+                                       const float* x2, const float* x3,          \
+                                       ptrdiff_t n, float* acc0, float* acc1,     \
+                                       float* acc2)                               \
+{                                                                                 \
+    ef_f32x8 a00 = EF_LOAD(ef_f32x8, acc0), a01 = EF_LOAD(ef_f32x8, acc0 + 8);    \
+    ef_f32x8 a02 = EF_LOAD(ef_f32x8, acc0 + 16), a03 = EF_LOAD(ef_f32x8, acc0 + 24); \
+    ef_f32x8 a10 = EF_LOAD(ef_f32x8, acc1), a11 = EF_LOAD(ef_f32x8, acc1 + 8);    \
+    ef_f32x8 a12 = EF_LOAD(ef_f32x8, acc1 + 16), a13 = EF_LOAD(ef_f32x8, acc1 + 24); \
+    ef_f32x8 a20 = EF_LOAD(ef_f32x8, acc2), a21 = EF_LOAD(ef_f32x8, acc2 + 8);    \
+    ef_f32x8 a22 = EF_LOAD(ef_f32x8, acc2 + 16), a23 = EF_LOAD(ef_f32x8, acc2 + 24); \
+    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
+        ef_f32x8 w0 = ef_load_##suffix(r0 + j), w1 = ef_load_##suffix(r1 + j);   \
+        ef_f32x8 w2 = ef_load_##suffix(r2 + j), v;                                \
+        v = EF_LOAD(ef_f32x8, x0 + j); a00 += w0 * v; a10 += w1 * v; a20 += w2 * v; \
+        v = EF_LOAD(ef_f32x8, x1 + j); a01 += w0 * v; a11 += w1 * v; a21 += w2 * v; \
+        v = EF_LOAD(ef_f32x8, x2 + j); a02 += w0 * v; a12 += w1 * v; a22 += w2 * v; \
+        v = EF_LOAD(ef_f32x8, x3 + j); a03 += w0 * v; a13 += w1 * v; a23 += w2 * v; \
+    }                                                                             \
+    EF_STORE(ef_f32x8, acc0, a00); EF_STORE(ef_f32x8, acc0 + 8, a01);             \
+    EF_STORE(ef_f32x8, acc0 + 16, a02); EF_STORE(ef_f32x8, acc0 + 24, a03);       \
+    EF_STORE(ef_f32x8, acc1, a10); EF_STORE(ef_f32x8, acc1 + 8, a11);             \
+    EF_STORE(ef_f32x8, acc1 + 16, a12); EF_STORE(ef_f32x8, acc1 + 24, a13);       \
+    EF_STORE(ef_f32x8, acc2, a20); EF_STORE(ef_f32x8, acc2 + 8, a21);             \
+    EF_STORE(ef_f32x8, acc2 + 16, a22); EF_STORE(ef_f32x8, acc2 + 24, a23);       \
+}                                                                                 \
+                                                                                  \
 static inline float ef_finish_##suffix(const float* acc, const W* row,           \
                                        const float* x, ptrdiff_t n_vec,          \
                                        ptrdiff_t n)                               \
@@ -271,12 +299,6 @@ static inline float ef_finish_##suffix(const float* acc, const W* row,          
     for (ptrdiff_t j = n_vec; j < n; j++)                                         \
         total += ef_scalar_##suffix(row[j]) * x[j];                               \
     return total;                                                                 \
-}                                                                                 \
-                                                                                  \
-static inline void ef_decode_##suffix(const W* row, ptrdiff_t n, float* out)     \
-{                                                                                 \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES)                                   \
-        EF_STORE(ef_f32x8, out + j, ef_load_##suffix(row + j));                   \
 }
 
 EF_DEFINE_CONVERTING_DOTS(unsigned short, bf16)

@@ -44,7 +44,6 @@ COMPILER = _build_info.EAGLE_FAST_COMPILER.decode()
 cdef enum:
     COL_BLOCK = 1024   # columns per block for many states: 4 states x 4 KiB in L1
     ROW_BLOCK = 12     # rows sharing one block of states (batched path; 3 | 12)
-    TILE_SIZE = ROW_BLOCK * COL_BLOCK   # floats of one converted row block
 
 
 def max_threads():
@@ -108,8 +107,6 @@ cdef extern from "_dot_kernels.h" nogil:
     void ef_acc_4x1_f16(const unsigned short* r0, const unsigned short* r1,
                         const unsigned short* r2, const unsigned short* r3,
                         const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_4x1_i8(const signed char* r0, const signed char* r1, const signed char* r2,
-                       const signed char* r3, const float* x, Py_ssize_t n, float* acc)
     float ef_finish_bf16(const float* acc, const unsigned short* row, const float* x,
                          Py_ssize_t n_vec, Py_ssize_t n)
     float ef_finish_f16(const float* acc, const unsigned short* row, const float* x,
@@ -118,9 +115,17 @@ cdef extern from "_dot_kernels.h" nogil:
                        Py_ssize_t n_vec, Py_ssize_t n)
     void ef_acc_8x1_i8(const signed char* r0, Py_ssize_t row_step, const float* x,
                        Py_ssize_t n, float* acc)
-    void ef_decode_bf16(const unsigned short* row, Py_ssize_t n, float* out)
-    void ef_decode_f16(const unsigned short* row, Py_ssize_t n, float* out)
-    void ef_decode_i8(const signed char* row, Py_ssize_t n, float* out)
+    void ef_acc_3x4_bf16(const unsigned short* r0, const unsigned short* r1,
+                         const unsigned short* r2, const float* x0, const float* x1,
+                         const float* x2, const float* x3, Py_ssize_t n, float* acc0,
+                         float* acc1, float* acc2)
+    void ef_acc_3x4_f16(const unsigned short* r0, const unsigned short* r1,
+                        const unsigned short* r2, const float* x0, const float* x1,
+                        const float* x2, const float* x3, Py_ssize_t n, float* acc0,
+                        float* acc1, float* acc2)
+    void ef_acc_3x4_i8(const signed char* r0, const signed char* r1, const signed char* r2,
+                       const float* x0, const float* x1, const float* x2, const float* x3,
+                       Py_ssize_t n, float* acc0, float* acc1, float* acc2)
 
 
 cdef enum:
@@ -181,7 +186,7 @@ ctypedef struct StoredMatrix:
     const char* data
     const float* scales       # int8 row scales, else NULL
     int storage
-    Py_ssize_t n_rows, n_cols, row_bytes
+    Py_ssize_t n_rows, n_cols, itemsize, row_bytes
 
 ctypedef struct HeadWeights:
     StoredMatrix weight       # W (d_proj, d_model)
@@ -222,9 +227,10 @@ cdef inline void acc_spread_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t
         ef_acc_8x1_i8(<const signed char*> w, stride * m.n_cols, x, n, acc)
 
 
-cdef inline void acc_1x1_row(const StoredMatrix* m, Py_ssize_t r, const floating* x,
-                             Py_ssize_t n, floating* acc) noexcept nogil:
-    cdef const char* w = row_at(m, r)
+cdef inline void acc_1x1_row(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t col0,
+                             const floating* x, Py_ssize_t n, floating* acc) noexcept nogil:
+    """acc += row(r)[col0 : col0 + n] . x"""
+    cdef const char* w = row_at(m, r) + col0 * m.itemsize
     if floating is double or m.storage == STORED_NATIVE:
         acc_1x1(<const floating*> w, x, n, acc)
     elif m.storage == STORED_BF16:
@@ -233,6 +239,33 @@ cdef inline void acc_1x1_row(const StoredMatrix* m, Py_ssize_t r, const floating
         ef_acc_1x1_f16(<const unsigned short*> w, x, n, acc)
     else:
         ef_acc_1x1_i8(<const signed char*> w, x, n, acc)
+
+
+cdef inline void acc_3x4_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t col0,
+                              const floating* x, Py_ssize_t x_stride, Py_ssize_t n,
+                              floating* acc, Py_ssize_t acc_stride) noexcept nogil:
+    """acc[u * acc_stride + s * LANES] += row(r + u)[col0 : col0 + n] . x[s * x_stride:]
+    for 3 rows u and 4 states s."""
+    cdef const char* w = row_at(m, r) + col0 * m.itemsize
+    cdef Py_ssize_t step = m.row_bytes
+    if floating is double or m.storage == STORED_NATIVE:
+        acc_3x4(<const floating*> w, <const floating*> (w + step),
+                <const floating*> (w + 2 * step), x, x + x_stride, x + 2 * x_stride,
+                x + 3 * x_stride, n, acc, acc + acc_stride, acc + 2 * acc_stride)
+    elif m.storage == STORED_BF16:
+        ef_acc_3x4_bf16(<const unsigned short*> w, <const unsigned short*> (w + step),
+                        <const unsigned short*> (w + 2 * step), x, x + x_stride,
+                        x + 2 * x_stride, x + 3 * x_stride, n, acc, acc + acc_stride,
+                        acc + 2 * acc_stride)
+    elif m.storage == STORED_F16:
+        ef_acc_3x4_f16(<const unsigned short*> w, <const unsigned short*> (w + step),
+                       <const unsigned short*> (w + 2 * step), x, x + x_stride,
+                       x + 2 * x_stride, x + 3 * x_stride, n, acc, acc + acc_stride,
+                       acc + 2 * acc_stride)
+    else:
+        ef_acc_3x4_i8(<const signed char*> w, <const signed char*> (w + step),
+                      <const signed char*> (w + 2 * step), x, x + x_stride, x + 2 * x_stride,
+                      x + 3 * x_stride, n, acc, acc + acc_stride, acc + 2 * acc_stride)
 
 
 cdef inline floating finish_row(const StoredMatrix* m, Py_ssize_t r, const floating* acc,
@@ -249,21 +282,6 @@ cdef inline floating finish_row(const StoredMatrix* m, Py_ssize_t r, const float
         return ef_finish_i8(acc, <const signed char*> w, x, n_vec, m.n_cols) * m.scales[r]
 
 
-cdef void decode_tile(const StoredMatrix* m, Py_ssize_t row0, Py_ssize_t n_block_rows,
-                      Py_ssize_t col0, Py_ssize_t width, float* tile) noexcept nogil:
-    """tile[r, :width] = float32(row(row0 + r)[col0 : col0 + width]); width % 8 == 0."""
-    cdef Py_ssize_t r
-    cdef const char* w
-    for r in range(n_block_rows):
-        w = row_at(m, row0 + r)
-        if m.storage == STORED_BF16:
-            ef_decode_bf16(<const unsigned short*> w + col0, width, tile + r * width)
-        elif m.storage == STORED_F16:
-            ef_decode_f16(<const unsigned short*> w + col0, width, tile + r * width)
-        else:
-            ef_decode_i8(<const signed char*> w + col0, width, tile + r * width)
-
-
 # ---------------------------------------------------------------------------
 # products[s, r] = states[s] . weight[r] for the rows of one chunk.
 # ---------------------------------------------------------------------------
@@ -275,17 +293,13 @@ cdef inline Py_ssize_t lane_buffer_size(Py_ssize_t n_states) noexcept nogil:
 
 cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* m,
                          const floating* states, Py_ssize_t n_states,
-                         floating* products, floating* lanes, float* tile) noexcept nogil:
+                         floating* products, floating* lanes) noexcept nogil:
     cdef Py_ssize_t n_rows = m.n_rows, n_cols = m.n_cols
     cdef Py_ssize_t n_vec = n_cols - n_cols % LANES
     cdef Py_ssize_t r, s, u, row0, col0, width, col_block, n_block_rows, n_grouped_rows, stride
-    cdef Py_ssize_t block, col_step, tile_stride, n_spread
+    cdef Py_ssize_t block, col_step, n_spread
     cdef Py_ssize_t n_grouped = n_states - n_states % 4
-    cdef bint converted = m.storage != STORED_NATIVE
     cdef const floating* x
-    cdef const floating* w
-    cdef const floating* tile_rows
-    cdef floating* acc
 
     if n_states == 1:
         # Rows r, r + q, r + 2q, ...: a few long read streams, one x.
@@ -299,16 +313,15 @@ cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* 
                     m, r + u * stride, lanes + u * LANES, states, n_vec)
         for r in range(start + n_spread * stride, stop):
             memset(lanes, 0, LANES * sizeof(floating))
-            acc_1x1_row(m, r, states, n_vec, lanes)
+            acc_1x1_row(m, r, 0, states, n_vec, lanes)
             products[r] = finish_row(m, r, lanes, states, n_vec)
         return
 
     # Batched: ROW_BLOCK rows against groups of 4 states, 3 rows x 4 states
-    # per step.  Few states fit in cache whole, so rows stream in one piece;
-    # many states are cut into column blocks that stay in L1.  Low-precision
-    # rows are converted once per column block into a float32 tile shared by
-    # all states.
-    col_block = COL_BLOCK if (n_states > 8 or converted) else n_vec
+    # per step (low-precision rows converted as they are loaded).  Few states
+    # fit in cache whole, so rows stream in one piece; many states are cut
+    # into column blocks that stay in L1.
+    col_block = COL_BLOCK if n_states > 8 else n_vec
     for block in range((stop - start + ROW_BLOCK - 1) // ROW_BLOCK):
         row0 = start + block * ROW_BLOCK
         n_block_rows = min(<Py_ssize_t> ROW_BLOCK, stop - row0)
@@ -317,31 +330,19 @@ cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* 
         for col_step in range((n_vec + col_block - 1) // col_block if col_block else 0):
             col0 = col_step * col_block
             width = min(col_block, n_vec - col0)
-            if floating is float and converted:
-                decode_tile(m, row0, n_block_rows, col0, width, tile)
-                tile_rows = tile
-                tile_stride = width
-            else:
-                tile_rows = <const floating*> row_at(m, row0) + col0
-                tile_stride = n_cols
             for s in range(0, n_grouped, 4):
                 x = states + s * n_cols + col0
                 for r in range(0, n_grouped_rows, 3):
-                    w = tile_rows + r * tile_stride
-                    acc = lanes + (r * n_states + s) * LANES
-                    acc_3x4(w, w + tile_stride, w + 2 * tile_stride, x, x + n_cols,
-                            x + 2 * n_cols, x + 3 * n_cols, width, acc,
-                            acc + n_states * LANES, acc + 2 * n_states * LANES)
+                    acc_3x4_rows(m, row0 + r, col0, x, n_cols, width,
+                                 lanes + (r * n_states + s) * LANES, n_states * LANES)
                 for r in range(n_grouped_rows, n_block_rows):
-                    w = tile_rows + r * tile_stride
                     for u in range(4):
-                        acc_1x1(w, x + u * n_cols, width,
-                                lanes + (r * n_states + s + u) * LANES)
+                        acc_1x1_row(m, row0 + r, col0, x + u * n_cols, width,
+                                    lanes + (r * n_states + s + u) * LANES)
             for s in range(n_grouped, n_states):
                 x = states + s * n_cols + col0
                 for r in range(n_block_rows):
-                    acc_1x1(tile_rows + r * tile_stride, x, width,
-                            lanes + (r * n_states + s) * LANES)
+                    acc_1x1_row(m, row0 + r, col0, x, width, lanes + (r * n_states + s) * LANES)
         for r in range(n_block_rows):
             for s in range(n_states):
                 products[s * n_rows + row0 + r] = finish_row(
@@ -479,18 +480,14 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t chunk,
     return n * chunk // n_chunks
 
 
-cdef inline float* chunk_tile(float* tiles, Py_ssize_t c) noexcept nogil:
-    return tiles + c * TILE_SIZE if tiles != NULL else NULL
-
-
 cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const HeadWeights* head,
                          const floating* hidden, Py_ssize_t n_states,
-                         floating* x, floating* lanes, float* tiles) noexcept nogil:
+                         floating* x, floating* lanes) noexcept nogil:
     cdef Py_ssize_t d_proj = head.weight.n_rows
     cdef Py_ssize_t start = chunk_start(d_proj, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(d_proj, c + 1, n_chunks)
     chunk_products(start, stop, &head.weight, hidden, n_states, x,
-                   lanes + c * lane_buffer_size(n_states), chunk_tile(tiles, c))
+                   lanes + c * lane_buffer_size(n_states))
     projection_chunk(start, stop, <const floating*> head.bias, x, d_proj, n_states,
                      hidden if head.residual else NULL)
 
@@ -498,14 +495,14 @@ cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const HeadWeights* h
 cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* lm_head,
                          const floating* x, Py_ssize_t n_states, floating* logits,
                          double temperature, Py_ssize_t top_k, double* stats,
-                         floating* top_values, int64_t* top_ids, floating* lanes,
-                         float* tiles) noexcept nogil:
+                         floating* top_values, int64_t* top_ids,
+                         floating* lanes) noexcept nogil:
     cdef Py_ssize_t vocab = lm_head.n_rows
     cdef Py_ssize_t start = chunk_start(vocab, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(vocab, c + 1, n_chunks)
     cdef Py_ssize_t slot = c * n_states
     chunk_products(start, stop, lm_head, x, n_states, logits,
-                   lanes + c * lane_buffer_size(n_states), chunk_tile(tiles, c))
+                   lanes + c * lane_buffer_size(n_states))
     softmax_topk_chunk(start, stop, logits, vocab, n_states, temperature, top_k,
                        stats + slot, stats + n_chunks * n_states + slot,
                        top_values + slot * top_k, top_ids + slot * top_k)
@@ -528,18 +525,15 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
     # Per-chunk top-k lists, then room for one merged list.
     cdef floating* top_values = <floating*> malloc((n_slots + 1) * top_k * sizeof(floating))
     cdef int64_t* top_ids = <int64_t*> malloc((n_slots + 1) * top_k * sizeof(int64_t))
-    # Per-chunk lane buffers of the dot-product kernels, and float32 tiles of
-    # converted low-precision rows (batched path only).
+    # Per-chunk lane buffers of the dot-product kernels.
     cdef floating* lanes = <floating*> malloc(
         n_chunks * lane_buffer_size(n_states) * sizeof(floating))
-    cdef bint need_tiles = n_states > 1 and head.weight.storage != STORED_NATIVE
-    cdef float* tiles = <float*> malloc(n_chunks * TILE_SIZE * sizeof(float)) if need_tiles else NULL
     cdef floating* logits_scratch = NULL
     if logits == NULL:
         logits = logits_scratch = <floating*> malloc(n_states * vocab * sizeof(floating))
     try:
         if (x == NULL or stats == NULL or top_values == NULL or top_ids == NULL
-                or lanes == NULL or logits == NULL or (need_tiles and tiles == NULL)):
+                or lanes == NULL or logits == NULL):
             with gil:
                 raise MemoryError()
         for i in range(n_slots * top_k):
@@ -548,16 +542,16 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
 
         if n_threads == 1:
             # Small problems: no OpenMP region, so a call costs about a microsecond.
-            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes, tiles)
+            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes)
             pass_two_chunk(0, 1, lm_head, x, n_states, logits, temperature, top_k, stats,
-                           top_values, top_ids, lanes, tiles)
+                           top_values, top_ids, lanes)
         else:
             with parallel(num_threads=n_threads):
                 for c in prange(n_chunks, schedule='static'):
-                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes, tiles)
+                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes)
                 for c in prange(n_chunks, schedule='static'):
                     pass_two_chunk(c, n_chunks, lm_head, x, n_states, logits, temperature,
-                                   top_k, stats, top_values, top_ids, lanes, tiles)
+                                   top_k, stats, top_values, top_ids, lanes)
 
         for s in range(n_states):
             if not merge_state(n_chunks, n_states, s, top_k, stats, stats + n_slots,
@@ -583,7 +577,6 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
         free(top_values)
         free(top_ids)
         free(lanes)
-        free(tiles)
         free(logits_scratch)
 
 
@@ -609,7 +602,8 @@ cdef StoredMatrix stored_matrix(cnp.ndarray data, object scales, int storage):
     m.storage = storage
     m.n_rows = cnp.PyArray_DIMS(data)[0]
     m.n_cols = cnp.PyArray_DIMS(data)[1]
-    m.row_bytes = m.n_cols * cnp.PyArray_ITEMSIZE(data)
+    m.itemsize = cnp.PyArray_ITEMSIZE(data)
+    m.row_bytes = m.n_cols * m.itemsize
     return m
 
 
