@@ -145,7 +145,7 @@ static inline float ef_bits_to_f32(unsigned int bits)
 #include <immintrin.h>
 #endif
 
-#if defined(__SSE2__) && !defined(__AVX2__)
+#if defined(__SSE2__)
 static inline ef_f32x8 ef_pack_f32x4(__m128 lo, __m128 hi)
 {
     ef_f32x8 v;
@@ -198,6 +198,32 @@ static inline ef_u32x8 ef_half_bits_to_f32_bits(ef_u32x8 h)
 static inline ef_f32x8 ef_load_f16(const unsigned short* p)
 {
     return (ef_f32x8) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) p));
+}
+#elif defined(__SSE2__)
+/* ef_half_bits_to_f32_bits on 4 lanes, spelled out in SSE2 (GCC splits the
+ * 8-lane generic form badly). */
+static inline __m128 ef_half4_to_f32(__m128i h)
+{
+    const __m128i inf_exp = _mm_set1_epi32(0x7c00 << 13);
+    const __m128i rebias = _mm_set1_epi32((127 - 15) << 23);
+    __m128i sign = _mm_slli_epi32(_mm_and_si128(h, _mm_set1_epi32(0x8000)), 16);
+    __m128i bits = _mm_slli_epi32(_mm_and_si128(h, _mm_set1_epi32(0x7fff)), 13);
+    __m128i exponent = _mm_and_si128(bits, inf_exp);
+    bits = _mm_add_epi32(bits, rebias);
+    bits = _mm_add_epi32(bits, _mm_and_si128(_mm_cmpeq_epi32(exponent, inf_exp), rebias));
+    __m128i is_sub = _mm_cmpeq_epi32(exponent, _mm_setzero_si128());
+    __m128 sub = _mm_sub_ps(_mm_castsi128_ps(_mm_add_epi32(bits, _mm_set1_epi32(1 << 23))),
+                            _mm_castsi128_ps(_mm_set1_epi32(113 << 23)));
+    bits = _mm_or_si128(_mm_and_si128(is_sub, _mm_castps_si128(sub)),
+                        _mm_andnot_si128(is_sub, bits));
+    return _mm_castsi128_ps(_mm_or_si128(bits, sign));
+}
+
+static inline ef_f32x8 ef_load_f16(const unsigned short* p)
+{
+    __m128i h = _mm_loadu_si128((const __m128i*) p), zero = _mm_setzero_si128();
+    return ef_pack_f32x4(ef_half4_to_f32(_mm_unpacklo_epi16(h, zero)),
+                         ef_half4_to_f32(_mm_unpackhi_epi16(h, zero)));
 }
 #else
 static inline ef_f32x8 ef_load_f16(const unsigned short* p)
