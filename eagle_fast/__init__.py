@@ -10,6 +10,9 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 * :func:`compare` -- how closely one head (say, quantized) follows another.
 * :class:`MedusaHeads` -- several residual (Medusa) heads run in one call;
   ``DraftHead(..., d2t=...)`` maps an EAGLE-3 draft vocabulary to target ids.
+* ``DraftHead.save(path)`` / ``DraftHead.load(path)`` and
+  :func:`load_medusa` -- safetensors checkpoints (``pip install
+  "eagle-fast[safetensors]"``); bad files raise :class:`CheckpointError`.
 * :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _backend
+from ._checkpoint import CheckpointError, load_medusa
 from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
@@ -28,7 +32,8 @@ from ._spec import eagle_draft_from_hidden
 from ._storage import WEIGHT_DTYPES
 
 __version__ = "0.1.0"
-__all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "compare", "Comparison",
+__all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
+           "CheckpointError", "compare", "Comparison",
            "WEIGHT_DTYPES",
            "eagle_draft_from_hidden", "build_info", "backend"]
 

@@ -1,17 +1,22 @@
-"""``eagle-fast`` command line: ``info`` and ``demo``."""
+"""``eagle-fast`` command line: ``info``, ``demo`` and ``inspect``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from . import _backend, build_info
+from ._checkpoint import FORMAT, MEDUSA_FORMAT, CheckpointError, inspect_checkpoint, load_medusa
 from ._head import DraftHead
+from ._medusa import MedusaHeads
+
+Model = Union[DraftHead, MedusaHeads]
 
 # (d_model, d_proj, vocab_size)
 PRESETS = {
@@ -31,7 +36,7 @@ def _random_head(d_model: int, d_proj: int, vocab: int, dtype: str,
     return weight.astype(dtype), bias.astype(dtype), lm_head.astype(dtype)
 
 
-def _median_us(head: DraftHead, hidden: np.ndarray, top_k: int, seconds: float) -> float:
+def _median_us(head: Model, hidden: np.ndarray, top_k: int, seconds: float) -> float:
     """Median µs per call over batches of calls lasting ~1 ms each."""
     head.predict(hidden, top_k=top_k)  # warm-up
     start = time.perf_counter()
@@ -54,9 +59,35 @@ def demo(preset: str, dtype: str, batch: int, top_k: int, seconds: float) -> Non
     weights = _random_head(d_model, d_proj, vocab, dtype, rng)
     shape = (d_model,) if batch == 1 else (batch, d_model)
     hidden = rng.standard_normal(shape).astype(dtype) * 2
-    info = build_info()
     print(f"eagle_fast demo: preset {preset} (d_model={d_model}, d_proj={d_proj}, "
           f"vocab={vocab}), {dtype}, batch {batch}, top_k {top_k}")
+    _run_demo(lambda: DraftHead(*weights), hidden, top_k, seconds)
+
+
+def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float) -> None:
+    """The demo on the head(s) of a checkpoint, with random hidden states."""
+    info = inspect_checkpoint(path)
+    if info["format"] not in (FORMAT, MEDUSA_FORMAT):
+        raise CheckpointError(f"{path}: neither an eagle_fast draft head nor a Medusa "
+                              "checkpoint (see eagle-fast inspect)")
+
+    def load() -> Model:
+        return load_medusa(path) if info["format"] == MEDUSA_FORMAT else DraftHead.load(path)
+
+    model = load()
+    rng = np.random.default_rng(0)
+    shape = (model.d_model,) if batch == 1 else (batch, model.d_model)
+    hidden = rng.standard_normal(shape).astype(model.dtype) * 2
+    print(f"eagle_fast demo: checkpoint {path}")
+    print(f"  {_describe(info)}; compute dtype {model.dtype}, batch {batch}, top_k {top_k}")
+    _run_demo(load, hidden, top_k, seconds)
+
+
+def _run_demo(make: Callable[[], Model], hidden: np.ndarray, top_k: int,
+              seconds: float) -> None:
+    """Predictions of ``make()`` on ``hidden``, and µs per call on every backend
+    (``make`` is called once per backend, heads binding the active one)."""
+    info = build_info()
     print(f"active backend: {info['backend']} (SIMD level {info['simd_level']}, "
           f"OpenMP {'on' if info['openmp'] else 'off'}, {info['max_threads']} threads)")
 
@@ -68,25 +99,82 @@ def demo(preset: str, dtype: str, batch: int, top_k: int, seconds: float) -> Non
     try:
         for name, level in backends:
             _backend.use(name, level)
-            head = DraftHead(*weights)
-            result = head.predict(hidden, top_k=top_k)
+            model = make()
+            result = model.predict(hidden, top_k=top_k)
             rows.append((name if level is None else f"{name} ({level})", result,
-                         _median_us(head, hidden, top_k, seconds)))
+                         _median_us(model, hidden, top_k, seconds)))
     finally:
         _backend._active = saved
 
     first = rows[0][1]
-    tokens = np.atleast_2d(first.tokens)
-    probs = np.atleast_2d(first.token_probs)
+    medusa = isinstance(model, MedusaHeads)
+    # As (states, heads, k) whatever the model and batch.
+    per_head = 3 if medusa else 2
+    tokens = first.tokens.reshape((-1,) + first.tokens.shape[-per_head + 1:])
+    probs = first.token_probs.reshape(tokens.shape)
+    if not medusa:
+        tokens, probs = tokens[:, None, :], probs[:, None, :]
     for state in range(min(len(tokens), 4)):
-        guesses = ", ".join(f"{t} (p={p:.4f})" for t, p in zip(tokens[state], probs[state]))
-        print(f"  hidden state {state}: draft token {guesses}")
+        for head in range(tokens.shape[1]):
+            guesses = ", ".join(f"{t} (p={p:.4f})"
+                                for t, p in zip(tokens[state, head], probs[state, head]))
+            label = f"hidden state {state}" + (f", head {head} (t+{head + 2})" if medusa else "")
+            print(f"  {label}: draft token {guesses}")
     print(f"\n{'backend':<24}{'per call':>12}{'speed-up':>10}  same tokens")
     python_us = rows[-1][2]
     for label, result, us in rows:
-        agrees = np.array_equal(np.atleast_2d(result.tokens), tokens)
+        agrees = np.array_equal(result.tokens, first.tokens)
         per_call = f"{us:.1f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
         print(f"{label:<24}{per_call:>12}{python_us / us:>9.1f}x  {'yes' if agrees else 'NO'}")
+
+
+def _describe(info: dict[str, Any]) -> str:
+    """One line: the format and the heads' configuration."""
+    heads = info["heads"]
+    if info["format"] == FORMAT:
+        head = heads[0]
+        text = (f"eagle_fast draft head (format_version {info['format_version']}): "
+                f"{_head_text(head)}")
+        if head["residual"]:
+            text += ", residual"
+        if head["target_vocab_size"] is not None:
+            text += f", d2t -> target vocabulary {head['target_vocab_size']}"
+        return text
+    if info["format"] == MEDUSA_FORMAT:
+        return f"Medusa checkpoint, {len(heads)} heads of {_head_text(heads[0])}, residual"
+    return "unknown format (neither an eagle_fast draft head nor a Medusa checkpoint)"
+
+
+def _head_text(head: dict[str, Any]) -> str:
+    return (f"d_model={head['d_model']}, d_proj={head['d_proj']}, "
+            f"vocab_size={head['vocab_size']}, {head['weight_dtype']}")
+
+
+def _bytes_text(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def inspect_command(path: str, as_json: bool) -> None:
+    info = inspect_checkpoint(path)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"{info['path']}: {_bytes_text(info['file_bytes'])}")
+    print(f"  format: {_describe(info)}")
+    for i, head in enumerate(info["heads"]):
+        label = "head" if info["format"] == FORMAT else f"head {i}"
+        dtypes = ", ".join(f"{role} {dtype}" for role, dtype in sorted(head["dtypes"].items()))
+        print(f"  {label}: {_head_text(head)}, {_bytes_text(head['bytes'])} ({dtypes})")
+    print(f"  tensors ({len(info['tensors'])}):")
+    width = max((len(name) for name in info["tensors"]), default=0)
+    for name, tensor in info["tensors"].items():
+        print(f"    {name:<{width}}  {tensor['dtype']:<5} {str(tensor['shape']):<16}"
+              f"{_bytes_text(tensor['bytes']):>12}")
+    if info["metadata"]:
+        print("  metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metadata"].items())))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -94,20 +182,45 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("info", help="print build and backend information as JSON")
     demo_parser = commands.add_parser(
-        "demo", help="run a draft head of a preset size on random weights and time it")
-    demo_parser.add_argument("--preset", choices=sorted(PRESETS), default="llama-7b")
-    demo_parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+        "demo", help="run a draft head (of a preset size on random weights, or from a "
+                     "checkpoint) on random hidden states and time it")
+    demo_parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                             help="head size on random weights (default llama-7b)")
+    demo_parser.add_argument("--checkpoint", metavar="PATH", default=None,
+                             help="a safetensors checkpoint (eagle_fast head or Medusa) "
+                                  "instead of a preset")
+    demo_parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                             help="preset weight dtype (default float32)")
     demo_parser.add_argument("--batch", type=int, default=1)
     demo_parser.add_argument("--top-k", type=int, default=1)
     demo_parser.add_argument("--seconds", type=float, default=1.0,
                              help="timing budget per backend (default 1 s)")
+    inspect_parser = commands.add_parser(
+        "inspect", help="what a safetensors checkpoint holds: format, heads, dims, "
+                        "dtypes, bytes")
+    inspect_parser.add_argument("path", metavar="PATH")
+    inspect_parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     if args.command == "info":
         print(json.dumps(build_info(), indent=2))
-    else:
-        if args.batch < 1:
-            parser.error("--batch must be >= 1")
-        demo(args.preset, args.dtype, args.batch, args.top_k, args.seconds)
+        return 0
+    try:
+        if args.command == "inspect":
+            inspect_command(args.path, args.json)
+        else:
+            if args.batch < 1:
+                parser.error("--batch must be >= 1")
+            if args.checkpoint is not None:
+                if args.preset is not None or args.dtype is not None:
+                    parser.error("--checkpoint takes its sizes and dtype from the file; "
+                                 "drop --preset/--dtype")
+                demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
+            else:
+                demo(args.preset or "llama-7b", args.dtype or "float32", args.batch,
+                     args.top_k, args.seconds)
+    except (CheckpointError, ImportError) as exc:
+        print(f"eagle-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

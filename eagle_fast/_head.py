@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -436,6 +437,24 @@ class DraftHead:
             "the logits overflowed to inf or NaN in "
             f"{self.dtype}: the hidden states or weights are too large for this dtype"
         )
+
+    # -- checkpoints --------------------------------------------------------------
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write this head to a safetensors file at ``path``, bit for bit as
+        stored, with its configuration in the file's metadata (format in
+        ``eagle_fast._checkpoint``).  Needs ``pip install "eagle-fast[safetensors]"``."""
+        from ._checkpoint import save_head
+        save_head(self, path)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> DraftHead:
+        """The head :meth:`save` wrote to ``path``, bit for bit, on the active
+        backend.  A bad file raises ``eagle_fast.CheckpointError`` (a
+        ValueError) naming the problem.  Medusa checkpoints load with
+        :func:`eagle_fast.load_medusa`."""
+        from ._checkpoint import load_head
+        return load_head(path)
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
