@@ -15,6 +15,7 @@ from . import _backend, build_info
 from ._checkpoint import FORMAT, MEDUSA_FORMAT, CheckpointError, inspect_checkpoint, load_medusa
 from ._head import DraftHead
 from ._medusa import MedusaHeads
+from ._storage import LOW_PRECISION
 
 Model = Union[DraftHead, MedusaHeads]
 
@@ -53,15 +54,17 @@ def _median_us(head: Model, hidden: np.ndarray, top_k: int, seconds: float) -> f
     return statistics.median(samples)
 
 
-def demo(preset: str, dtype: str, batch: int, top_k: int, seconds: float) -> None:
+def demo(preset: str, dtype: str, weight_dtype: Optional[str], batch: int, top_k: int,
+         seconds: float) -> None:
     d_model, d_proj, vocab = PRESETS[preset]
     rng = np.random.default_rng(0)
     weights = _random_head(d_model, d_proj, vocab, dtype, rng)
     shape = (d_model,) if batch == 1 else (batch, d_model)
     hidden = rng.standard_normal(shape).astype(dtype) * 2
+    stored = f", weights stored as {weight_dtype}" if weight_dtype else ""
     print(f"eagle_fast demo: preset {preset} (d_model={d_model}, d_proj={d_proj}, "
-          f"vocab={vocab}), {dtype}, batch {batch}, top_k {top_k}")
-    _run_demo(lambda: DraftHead(*weights), hidden, top_k, seconds)
+          f"vocab={vocab}), {dtype}{stored}, batch {batch}, top_k {top_k}")
+    _run_demo(lambda: DraftHead(*weights, weight_dtype=weight_dtype), hidden, top_k, seconds)
 
 
 def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float) -> None:
@@ -191,6 +194,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "instead of a preset")
     demo_parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
                              help="preset weight dtype (default float32)")
+    demo_parser.add_argument("--weight-dtype", choices=LOW_PRECISION, default=None,
+                             help="store the preset's matrices in low precision "
+                                  "(computes in float32)")
     demo_parser.add_argument("--batch", type=int, default=1)
     demo_parser.add_argument("--top-k", type=int, default=1)
     demo_parser.add_argument("--seconds", type=float, default=1.0,
@@ -211,13 +217,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.batch < 1:
                 parser.error("--batch must be >= 1")
             if args.checkpoint is not None:
-                if args.preset is not None or args.dtype is not None:
-                    parser.error("--checkpoint takes its sizes and dtype from the file; "
-                                 "drop --preset/--dtype")
+                if (args.preset, args.dtype, args.weight_dtype) != (None, None, None):
+                    parser.error("--checkpoint takes its sizes and dtypes from the file; "
+                                 "drop --preset/--dtype/--weight-dtype")
                 demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
             else:
-                demo(args.preset or "llama-7b", args.dtype or "float32", args.batch,
-                     args.top_k, args.seconds)
+                if args.weight_dtype is not None and args.dtype == "float64":
+                    parser.error("--weight-dtype computes in float32; drop --dtype float64")
+                demo(args.preset or "llama-7b", args.dtype or "float32", args.weight_dtype,
+                     args.batch, args.top_k, args.seconds)
     except (CheckpointError, ImportError) as exc:
         print(f"eagle-fast {args.command}: error: {exc}", file=sys.stderr)
         return 1
