@@ -200,6 +200,45 @@ def test_subnormal_weights_are_decoded_exactly(weight_dtype):
         check_result(full(head, states, top_k=3), head_reference(head, states), 3)
 
 
+def exact_rows(rng, shape, weight_dtype, exponents):
+    """Rows k * 2**e (|k| <= 127, one |k| == 127 per row, e per row): exact in
+    every storage type, int8 with scale 2**e."""
+    k = rng.integers(-127, 128, shape).astype(np.float64)
+    k[np.arange(shape[0]), rng.integers(0, shape[1], shape[0])] = 127
+    return k * 2.0 ** rng.integers(*exponents, (shape[0], 1))
+
+
+@pytest.mark.parametrize("weight_dtype", LOW)
+def test_exactly_computable_logits_are_exact(weight_dtype):
+    """Heads whose every float32 operation is exact (SiLU past its 500 cut-off
+    is the identity): the logits must equal the float64 values bit for bit,
+    so even a last-bit error in decoding a weight (vector part or tail
+    columns, single or batched path) fails."""
+    rng = np.random.default_rng(120)
+    lo = {"bfloat16": -133, "float16": -24, "int8": -60}[weight_dtype]
+    # L: x = SiLU(512) = 512 exactly (hidden 0); logits = 512 * row sums.
+    L = exact_rows(rng, (20000, 19), weight_dtype, (lo, 6))
+    W, _, _ = random_head(rng, 11, 19, 1)
+    head = DraftHead(W, np.full(19, 512.0), L, weight_dtype=weight_dtype)
+    expected = 512 * dequantized(head)[2].sum(axis=1)
+    np.testing.assert_array_equal(dequantized(head)[2], L)
+    # W: x = 1024 + W h (hidden in {-1, 0, 1}); L = 127 I gives logits 127 x.
+    W = exact_rows(rng, (67, 11), weight_dtype, (-4, -1))
+    head_w = DraftHead(W, np.full(67, 1024.0), 127 * np.eye(67), weight_dtype=weight_dtype)
+    np.testing.assert_array_equal(dequantized(head_w)[0], W)
+    hidden = rng.integers(-1, 2, (5, 11)).astype(np.float64)
+    expected_w = 127 * (1024 + hidden @ W.T)
+    for states, ref_logits in [(np.zeros((5, 11)), np.tile(expected, (5, 1))),
+                               (np.zeros(11), expected), (hidden, expected_w),
+                               (hidden[2], expected_w[2])]:
+        model = head if ref_logits.shape[-1] == 20000 else head_w
+        assert np.array_equal(ref_logits.astype(np.float32), ref_logits)
+        for num_threads in (1, 2):
+            got = model.predict(states, temperature=0.0, return_logits=True,
+                                num_threads=num_threads)
+            np.testing.assert_array_equal(got.logits, ref_logits.astype(np.float32))
+
+
 # ---------------------------------------------------------------------------
 # 2. Batches equal single states bit for bit; equal rows tie to the lower id.
 # ---------------------------------------------------------------------------
