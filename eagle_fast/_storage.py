@@ -31,7 +31,7 @@ STORAGE_ARRAY_DTYPE: dict[str, np.dtype] = {
 }
 
 _BF16_MAX = float(np.uint32(0x7F7F0000).view(np.float32))
-_F16_MAX = float(np.finfo(np.float16).max)
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def resolve_weight_dtype(weight_dtype: Any) -> str:
@@ -76,9 +76,10 @@ def decode_bfloat16(bits: np.ndarray) -> np.ndarray:
 def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8 of a finite 2-D array: (q int8, scale float32)."""
     wide = np.asarray(values, dtype=np.float64)
-    scales = (np.abs(wide).max(axis=1) / 127).astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: inf, reported by the caller
+        scales = (np.abs(wide).max(axis=1) / 127).astype(np.float32)
     # A zero scale (an all-zero row, or one below float32's range) stores zeros.
-    divisor = np.where(scales > 0, scales, 1).astype(np.float64)[:, None]
+    divisor = np.where((scales > 0) & np.isfinite(scales), scales, 1).astype(np.float64)[:, None]
     q = np.clip(np.rint(wide / divisor), -127, 127).astype(np.int8)
     q[scales == 0] = 0
     return q, scales
@@ -98,21 +99,24 @@ class StoredMatrix:
         """Store finite ``values`` (float or int, 2-D) as ``weight_dtype``;
         ValueError if they do not fit."""
         if weight_dtype == "int8":
-            q, scales = quantize_int8(values)
-            return cls("int8", q, scales)
-        if weight_dtype == "bfloat16":
-            data = encode_bfloat16(values)
+            stored = cls("int8", *quantize_int8(values))
+            limit = _F32_MAX  # the scales and the dequantized weights are float32
+        elif weight_dtype == "bfloat16":
+            stored = cls(weight_dtype, encode_bfloat16(values))
             limit = _BF16_MAX
         else:
             with np.errstate(over="ignore"):
                 data = np.ascontiguousarray(values, dtype=STORAGE_ARRAY_DTYPE[weight_dtype])
+            stored = cls(weight_dtype, data)
             limit = float(np.finfo(data.dtype).max)
-        stored = cls(weight_dtype, data)
-        if not np.isfinite(stored.dequantize()).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(stored.dequantize()).all()
+        if not finite:
             big = np.abs(np.asarray(values, dtype=np.float64)).max()
             raise ValueError(
                 f"{name} holds values too large for {weight_dtype} (largest magnitude "
-                f"{big:.6g}; the {weight_dtype} range ends at {limit:.6g})")
+                f"{big:.6g}; the {weight_dtype} range ends at {limit:.6g}"
+                + (", that of its float32 scales)" if weight_dtype == "int8" else ")"))
         return stored
 
     @classmethod
@@ -140,7 +144,11 @@ class StoredMatrix:
         elif scales is not None:
             raise ValueError(f"{name} stored as {weight_dtype} takes no scales")
         stored = cls(weight_dtype, array, scale_array)
-        if weight_dtype != "int8" and not np.isfinite(stored.dequantize()).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(stored.dequantize()).all()
+        if not finite:
+            if weight_dtype == "int8":
+                raise ValueError(f"{name}: q * scale overflows float32 (scales too large)")
             raise ValueError(f"{name} contains NaN or inf")
         return stored
 
