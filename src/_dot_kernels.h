@@ -4,7 +4,7 @@
  * whichever kernel and blocking computes it: 8 lanes of partial sums (lane l
  * sums the columns j < n_vec with j % 8 == l, n_vec = n rounded down to a
  * multiple of 8), the lanes reduced in one fixed order, then the columns from
- * n_vec on added one by one (ef_finish).  Kernels keep the lanes in memory
+ * n_vec on added one by one (ef_finish_<w>).  Kernels keep the lanes in memory
  * between calls, so callers may split the columns into blocks (any multiple
  * of 8) and group rows and states as they like: a batch gives bit-identical
  * results to its states one by one, and no compiler reassociation is needed.
@@ -14,14 +14,24 @@
  * -ffp-contract=fast turns acc += w * x into FMA where the target has it.
  * (Other compilers stop here, and pip then installs the pure-Python fallback.)
  *
- * Lane accumulators are plain T[8] arrays (no alignment needed):
- *   ef_acc_1x1(row, x, n, acc)                      acc += row . x
- *   ef_acc_4x1(r0, r1, r2, r3, x, n, acc)           acc[u] += r_u . x
- *   ef_acc_3x4(r0, r1, r2, x0, x1, x2, x3, n, acc0, acc1, acc2)
+ * Weights are stored as the compute type T (float32 or float64) or, for
+ * float32 compute, as bfloat16 bit patterns, IEEE half or int8 (with a float32
+ * scale per row, applied by the caller to the finished dot).  Every stored
+ * value converts exactly to float32, so a converting kernel computes the very
+ * dot product the float32 kernel computes on the converted row: the same
+ * lanes, the same order, whichever path (single state or batch) runs it.
+ *
+ * Kernels, one set per storage <w> in f32, f64, bf16, f16, i8; rows are of
+ * the storage type, x and the lane accumulators (plain T[8] arrays, no
+ * alignment needed) of the compute type:
+ *   ef_acc_1x1_<w>(row, x, n, acc)                   acc += row . x
+ *   ef_acc_4x1_<w>(r0, r1, r2, r3, x, n, acc)       acc[u] += r_u . x
+ *   ef_acc_3x4_<w>(r0, r1, r2, x0, x1, x2, x3, n, acc0, acc1, acc2)
  *                                    acc_u[s] += r_u . x_s (12 accumulators:
  *                                    enough independent FMA chains to hide
  *                                    their latency, 7 loads per 12 FMAs)
- *   ef_finish(acc, row, x, n_vec, n) -> reduced lanes + tail columns
+ *   ef_finish_<w>(acc, row, x, n_vec, n) -> reduced lanes + tail columns
+ *   ef_acc_8x1_i8(r0, step, x, n, acc)  acc[u] += row(r0 + u * step) . x, u < 8
  * where n is a multiple of 8 for the ef_acc_* kernels and acc[i] means the
  * 8 lanes at acc + 8 * i.
  */
@@ -44,86 +54,10 @@ typedef double ef_f64x8 __attribute__((vector_size(8 * sizeof(double))));
 #define EF_LOAD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(v_)); v_; })
 #define EF_STORE(V, p, value) do { V v_ = (value); memcpy((p), &v_, sizeof(v_)); } while (0)
 
-#define EF_DEFINE_DOTS(T, V, suffix)                                              \
-static inline void ef_acc_1x1_##suffix(const T* row, const T* x, ptrdiff_t n,    \
-                                       T* acc)                                    \
-{                                                                                 \
-    V a = EF_LOAD(V, acc);                                                        \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES)                                   \
-        a += EF_LOAD(V, row + j) * EF_LOAD(V, x + j);                             \
-    EF_STORE(V, acc, a);                                                          \
-}                                                                                 \
-                                                                                  \
-static inline void ef_acc_4x1_##suffix(const T* r0, const T* r1, const T* r2,    \
-                                       const T* r3, const T* x, ptrdiff_t n,     \
-                                       T* acc)                                    \
-{                                                                                 \
-    V a0 = EF_LOAD(V, acc), a1 = EF_LOAD(V, acc + 8);                             \
-    V a2 = EF_LOAD(V, acc + 16), a3 = EF_LOAD(V, acc + 24);                       \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
-        V xv = EF_LOAD(V, x + j);                                                 \
-        a0 += EF_LOAD(V, r0 + j) * xv;                                            \
-        a1 += EF_LOAD(V, r1 + j) * xv;                                            \
-        a2 += EF_LOAD(V, r2 + j) * xv;                                            \
-        a3 += EF_LOAD(V, r3 + j) * xv;                                            \
-    }                                                                             \
-    EF_STORE(V, acc, a0); EF_STORE(V, acc + 8, a1);                               \
-    EF_STORE(V, acc + 16, a2); EF_STORE(V, acc + 24, a3);                         \
-}                                                                                 \
-                                                                                  \
-static inline void ef_acc_3x4_##suffix(const T* r0, const T* r1, const T* r2,    \
-                                       const T* x0, const T* x1, const T* x2,    \
-                                       const T* x3, ptrdiff_t n, T* acc0,         \
-                                       T* acc1, T* acc2)                          \
-{                                                                                 \
-    V a00 = EF_LOAD(V, acc0), a01 = EF_LOAD(V, acc0 + 8);                         \
-    V a02 = EF_LOAD(V, acc0 + 16), a03 = EF_LOAD(V, acc0 + 24);                   \
-    V a10 = EF_LOAD(V, acc1), a11 = EF_LOAD(V, acc1 + 8);                         \
-    V a12 = EF_LOAD(V, acc1 + 16), a13 = EF_LOAD(V, acc1 + 24);                   \
-    V a20 = EF_LOAD(V, acc2), a21 = EF_LOAD(V, acc2 + 8);                         \
-    V a22 = EF_LOAD(V, acc2 + 16), a23 = EF_LOAD(V, acc2 + 24);                   \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
-        V w0 = EF_LOAD(V, r0 + j), w1 = EF_LOAD(V, r1 + j);                       \
-        V w2 = EF_LOAD(V, r2 + j), v;                                             \
-        v = EF_LOAD(V, x0 + j); a00 += w0 * v; a10 += w1 * v; a20 += w2 * v;      \
-        v = EF_LOAD(V, x1 + j); a01 += w0 * v; a11 += w1 * v; a21 += w2 * v;      \
-        v = EF_LOAD(V, x2 + j); a02 += w0 * v; a12 += w1 * v; a22 += w2 * v;      \
-        v = EF_LOAD(V, x3 + j); a03 += w0 * v; a13 += w1 * v; a23 += w2 * v;      \
-    }                                                                             \
-    EF_STORE(V, acc0, a00); EF_STORE(V, acc0 + 8, a01);                           \
-    EF_STORE(V, acc0 + 16, a02); EF_STORE(V, acc0 + 24, a03);                     \
-    EF_STORE(V, acc1, a10); EF_STORE(V, acc1 + 8, a11);                           \
-    EF_STORE(V, acc1 + 16, a12); EF_STORE(V, acc1 + 24, a13);                     \
-    EF_STORE(V, acc2, a20); EF_STORE(V, acc2 + 8, a21);                           \
-    EF_STORE(V, acc2 + 16, a22); EF_STORE(V, acc2 + 24, a23);                     \
-}                                                                                 \
-                                                                                  \
-static inline T ef_finish_##suffix(const T* acc, const T* row, const T* x,       \
-                                   ptrdiff_t n_vec, ptrdiff_t n)                  \
-{                                                                                 \
-    T total = ((acc[0] + acc[4]) + (acc[2] + acc[6]))                             \
-            + ((acc[1] + acc[5]) + (acc[3] + acc[7]));                            \
-    for (ptrdiff_t j = n_vec; j < n; j++)                                         \
-        total += row[j] * x[j];                                                   \
-    return total;                                                                 \
-}
-
-EF_DEFINE_DOTS(float, ef_f32x8, f32)
-EF_DEFINE_DOTS(double, ef_f64x8, f64)
-
-/* ---------------------------------------------------------------------------
- * Low-precision weights.  A stored weight converts exactly to float32 (bf16
- * and fp16 are subsets of float32; an int8 value is an integer), so the
- * converting kernels below compute the very float32 dot products that the
- * float32 kernels compute on the converted row: the same lanes, the same
- * order.  That keeps batch == single bit-identical for every storage type.
- * Int8 rows carry a float32 scale, applied by the caller to the finished dot.
- *
- *   ef_acc_1x1_<w>, ef_acc_4x1_<w>, ef_acc_3x4_<w>, ef_finish_<w>
- *                                 as above, with float32 x and acc
- *   ef_acc_8x1_i8(r0, step, x, n, acc)   acc[u] += row(r0 + u * step) . x, u < 8
- * with <w> one of bf16 (uint16 bit patterns), f16 (IEEE half), i8.
- * ------------------------------------------------------------------------- */
+static inline ef_f32x8 ef_load_f32(const float* p) { return EF_LOAD(ef_f32x8, p); }
+static inline float ef_scalar_f32(float w) { return w; }
+static inline ef_f64x8 ef_load_f64(const double* p) { return EF_LOAD(ef_f64x8, p); }
+static inline double ef_scalar_f64(double w) { return w; }
 
 typedef unsigned short ef_u16x8 __attribute__((vector_size(8 * sizeof(unsigned short))));
 typedef unsigned int ef_u32x8 __attribute__((vector_size(8 * sizeof(unsigned int))));
@@ -137,7 +71,10 @@ static inline float ef_bits_to_f32(unsigned int bits)
     return f;
 }
 
-/* Converting loads of 8 stored weights.  GCC's __builtin_convertvector
+/* Loads of 8 stored weights as a lane vector of the compute type
+ * (ef_load_<w>), and of one weight (ef_scalar_<w>, for the tail columns).
+ *
+ * Converting loads.  GCC's __builtin_convertvector
  * widens 8-bit and 16-bit vectors element by element on x86, so x86 targets
  * spell the widening out with intrinsics (one vpmovzx/vpmovsx per 8 weights on
  * AVX2, unpacks on SSE2); other targets (NEON) use the generic form. */
@@ -261,75 +198,77 @@ static inline float ef_scalar_i8(signed char q)
     return (float) q;
 }
 
-#define EF_DEFINE_CONVERTING_DOTS(W, suffix)                                      \
-static inline void ef_acc_1x1_##suffix(const W* row, const float* x,             \
-                                       ptrdiff_t n, float* acc)                   \
+#define EF_DEFINE_DOTS(W, T, V, suffix)                                           \
+static inline void ef_acc_1x1_##suffix(const W* row, const T* x,                  \
+                                       ptrdiff_t n, T* acc)                       \
 {                                                                                 \
-    ef_f32x8 a = EF_LOAD(ef_f32x8, acc);                                          \
+    V a = EF_LOAD(V, acc);                                                        \
     for (ptrdiff_t j = 0; j < n; j += EF_LANES)                                   \
-        a += ef_load_##suffix(row + j) * EF_LOAD(ef_f32x8, x + j);                \
-    EF_STORE(ef_f32x8, acc, a);                                                   \
+        a += ef_load_##suffix(row + j) * EF_LOAD(V, x + j);                       \
+    EF_STORE(V, acc, a);                                                          \
 }                                                                                 \
                                                                                   \
-static inline void ef_acc_4x1_##suffix(const W* r0, const W* r1, const W* r2,    \
-                                       const W* r3, const float* x, ptrdiff_t n, \
-                                       float* acc)                                \
+static inline void ef_acc_4x1_##suffix(const W* r0, const W* r1, const W* r2,     \
+                                       const W* r3, const T* x, ptrdiff_t n,      \
+                                       T* acc)                                    \
 {                                                                                 \
-    ef_f32x8 a0 = EF_LOAD(ef_f32x8, acc), a1 = EF_LOAD(ef_f32x8, acc + 8);        \
-    ef_f32x8 a2 = EF_LOAD(ef_f32x8, acc + 16), a3 = EF_LOAD(ef_f32x8, acc + 24);  \
+    V a0 = EF_LOAD(V, acc), a1 = EF_LOAD(V, acc + 8);                             \
+    V a2 = EF_LOAD(V, acc + 16), a3 = EF_LOAD(V, acc + 24);                       \
     for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
-        ef_f32x8 xv = EF_LOAD(ef_f32x8, x + j);                                   \
+        V xv = EF_LOAD(V, x + j);                                                 \
         a0 += ef_load_##suffix(r0 + j) * xv;                                      \
         a1 += ef_load_##suffix(r1 + j) * xv;                                      \
         a2 += ef_load_##suffix(r2 + j) * xv;                                      \
         a3 += ef_load_##suffix(r3 + j) * xv;                                      \
     }                                                                             \
-    EF_STORE(ef_f32x8, acc, a0); EF_STORE(ef_f32x8, acc + 8, a1);                 \
-    EF_STORE(ef_f32x8, acc + 16, a2); EF_STORE(ef_f32x8, acc + 24, a3);           \
+    EF_STORE(V, acc, a0); EF_STORE(V, acc + 8, a1);                               \
+    EF_STORE(V, acc + 16, a2); EF_STORE(V, acc + 24, a3);                         \
 }                                                                                 \
                                                                                   \
-static inline void ef_acc_3x4_##suffix(const W* r0, const W* r1, const W* r2,    \
-                                       const float* x0, const float* x1,          \
-                                       const float* x2, const float* x3,          \
-                                       ptrdiff_t n, float* acc0, float* acc1,     \
-                                       float* acc2)                               \
+static inline void ef_acc_3x4_##suffix(const W* r0, const W* r1, const W* r2,     \
+                                       const T* x0, const T* x1,                  \
+                                       const T* x2, const T* x3,                  \
+                                       ptrdiff_t n, T* acc0, T* acc1,             \
+                                       T* acc2)                                   \
 {                                                                                 \
-    ef_f32x8 a00 = EF_LOAD(ef_f32x8, acc0), a01 = EF_LOAD(ef_f32x8, acc0 + 8);    \
-    ef_f32x8 a02 = EF_LOAD(ef_f32x8, acc0 + 16), a03 = EF_LOAD(ef_f32x8, acc0 + 24); \
-    ef_f32x8 a10 = EF_LOAD(ef_f32x8, acc1), a11 = EF_LOAD(ef_f32x8, acc1 + 8);    \
-    ef_f32x8 a12 = EF_LOAD(ef_f32x8, acc1 + 16), a13 = EF_LOAD(ef_f32x8, acc1 + 24); \
-    ef_f32x8 a20 = EF_LOAD(ef_f32x8, acc2), a21 = EF_LOAD(ef_f32x8, acc2 + 8);    \
-    ef_f32x8 a22 = EF_LOAD(ef_f32x8, acc2 + 16), a23 = EF_LOAD(ef_f32x8, acc2 + 24); \
+    V a00 = EF_LOAD(V, acc0), a01 = EF_LOAD(V, acc0 + 8);                         \
+    V a02 = EF_LOAD(V, acc0 + 16), a03 = EF_LOAD(V, acc0 + 24);                   \
+    V a10 = EF_LOAD(V, acc1), a11 = EF_LOAD(V, acc1 + 8);                         \
+    V a12 = EF_LOAD(V, acc1 + 16), a13 = EF_LOAD(V, acc1 + 24);                   \
+    V a20 = EF_LOAD(V, acc2), a21 = EF_LOAD(V, acc2 + 8);                         \
+    V a22 = EF_LOAD(V, acc2 + 16), a23 = EF_LOAD(V, acc2 + 24);                   \
     for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
-        ef_f32x8 w0 = ef_load_##suffix(r0 + j), w1 = ef_load_##suffix(r1 + j);   \
-        ef_f32x8 w2 = ef_load_##suffix(r2 + j), v;                                \
-        v = EF_LOAD(ef_f32x8, x0 + j); a00 += w0 * v; a10 += w1 * v; a20 += w2 * v; \
-        v = EF_LOAD(ef_f32x8, x1 + j); a01 += w0 * v; a11 += w1 * v; a21 += w2 * v; \
-        v = EF_LOAD(ef_f32x8, x2 + j); a02 += w0 * v; a12 += w1 * v; a22 += w2 * v; \
-        v = EF_LOAD(ef_f32x8, x3 + j); a03 += w0 * v; a13 += w1 * v; a23 += w2 * v; \
+        V w0 = ef_load_##suffix(r0 + j), w1 = ef_load_##suffix(r1 + j);           \
+        V w2 = ef_load_##suffix(r2 + j), v;                                       \
+        v = EF_LOAD(V, x0 + j); a00 += w0 * v; a10 += w1 * v; a20 += w2 * v;      \
+        v = EF_LOAD(V, x1 + j); a01 += w0 * v; a11 += w1 * v; a21 += w2 * v;      \
+        v = EF_LOAD(V, x2 + j); a02 += w0 * v; a12 += w1 * v; a22 += w2 * v;      \
+        v = EF_LOAD(V, x3 + j); a03 += w0 * v; a13 += w1 * v; a23 += w2 * v;      \
     }                                                                             \
-    EF_STORE(ef_f32x8, acc0, a00); EF_STORE(ef_f32x8, acc0 + 8, a01);             \
-    EF_STORE(ef_f32x8, acc0 + 16, a02); EF_STORE(ef_f32x8, acc0 + 24, a03);       \
-    EF_STORE(ef_f32x8, acc1, a10); EF_STORE(ef_f32x8, acc1 + 8, a11);             \
-    EF_STORE(ef_f32x8, acc1 + 16, a12); EF_STORE(ef_f32x8, acc1 + 24, a13);       \
-    EF_STORE(ef_f32x8, acc2, a20); EF_STORE(ef_f32x8, acc2 + 8, a21);             \
-    EF_STORE(ef_f32x8, acc2 + 16, a22); EF_STORE(ef_f32x8, acc2 + 24, a23);       \
+    EF_STORE(V, acc0, a00); EF_STORE(V, acc0 + 8, a01);                           \
+    EF_STORE(V, acc0 + 16, a02); EF_STORE(V, acc0 + 24, a03);                     \
+    EF_STORE(V, acc1, a10); EF_STORE(V, acc1 + 8, a11);                           \
+    EF_STORE(V, acc1 + 16, a12); EF_STORE(V, acc1 + 24, a13);                     \
+    EF_STORE(V, acc2, a20); EF_STORE(V, acc2 + 8, a21);                           \
+    EF_STORE(V, acc2 + 16, a22); EF_STORE(V, acc2 + 24, a23);                     \
 }                                                                                 \
                                                                                   \
-static inline float ef_finish_##suffix(const float* acc, const W* row,           \
-                                       const float* x, ptrdiff_t n_vec,          \
+static inline T ef_finish_##suffix(const T* acc, const W* row,                    \
+                                       const T* x, ptrdiff_t n_vec,               \
                                        ptrdiff_t n)                               \
 {                                                                                 \
-    float total = ((acc[0] + acc[4]) + (acc[2] + acc[6]))                         \
+    T total = ((acc[0] + acc[4]) + (acc[2] + acc[6]))                             \
                 + ((acc[1] + acc[5]) + (acc[3] + acc[7]));                        \
     for (ptrdiff_t j = n_vec; j < n; j++)                                         \
         total += ef_scalar_##suffix(row[j]) * x[j];                               \
     return total;                                                                 \
 }
 
-EF_DEFINE_CONVERTING_DOTS(unsigned short, bf16)
-EF_DEFINE_CONVERTING_DOTS(unsigned short, f16)
-EF_DEFINE_CONVERTING_DOTS(signed char, i8)
+EF_DEFINE_DOTS(float, float, ef_f32x8, f32)
+EF_DEFINE_DOTS(double, double, ef_f64x8, f64)
+EF_DEFINE_DOTS(unsigned short, float, ef_f32x8, bf16)
+EF_DEFINE_DOTS(unsigned short, float, ef_f32x8, f16)
+EF_DEFINE_DOTS(signed char, float, ef_f32x8, i8)
 
 /* Int8 rows, one byte per FMA, are compute-bound: eight rows give eight
  * independent FMA chains, enough to hide the FMA latency (four are not). */
