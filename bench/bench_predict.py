@@ -59,8 +59,8 @@ what one B = 1 call streams); median time per call; GB/s of those stored
 bytes; that bandwidth as a % of the read probe's; the speed ratio vs NumPy
 (``numpy_time / time``, > 1 means faster than NumPy; NumPy always uses the
 run's float32/float64 weights), vs PyTorch, and vs the eagle_fast head at the
-best SIMD level with weights in the compute dtype (``vs f32``; in float64 runs,
-float64).
+best SIMD level with weights in the compute dtype (``vs f32``, in float64 runs
+``vs f64``; ``ratio_eagle_fast`` in the JSON).
 
 Accuracy of the low-precision weights
 -------------------------------------
@@ -68,8 +68,8 @@ One table (at ``--accuracy-size``, default 4k-4k-32k; ``--quick``: 4k-1k-32k,
 whose heads are 4x faster to convert; it reuses the timed heads when that
 size is timed in float32) compares each low-precision head with the float32
 head through ``eagle_fast.compare`` (batched) over ``--accuracy-states``
-standard normal hidden states (default 256, ``--quick`` 64; 0 turns the
-table off): top-1 agreement, top-5 overlap, max |delta
+standard normal hidden states (default 256, ``--quick`` 64; 0, or no float32
+in ``--dtype``, turns the table off): top-1 agreement, top-5 overlap, max |delta
 confidence| (each head's probability of its own top-1 token) and mean
 KL(p_float32 || p_other) in nats, at T = 1.  Two synthetic heads:
 
@@ -209,7 +209,7 @@ class Measurement:
     pct_probe: Optional[float] = None
     ratio_numpy: Optional[float] = None
     ratio_torch: Optional[float] = None
-    ratio_float32: Optional[float] = None   # vs the eagle_fast float32 (compute dtype) head
+    ratio_eagle_fast: Optional[float] = None   # vs eagle_fast, weights in the compute dtype
     check: str = ""             # token check vs NumPy's logits ("" for probes)
     note: str = ""              # why it was skipped
 
@@ -693,7 +693,7 @@ def summarize(measurements: list[Measurement], reference: Optional[str]) -> Opti
         if torch_s is not None:
             m.ratio_torch = torch_s / m.median_s
         if ref_s is not None:
-            m.ratio_float32 = ref_s / m.median_s
+            m.ratio_eagle_fast = ref_s / m.median_s
     return probe_gbps
 
 
@@ -701,8 +701,9 @@ def print_case(case: CaseResult) -> None:
     print(f"== {case.size} ({case.d_model} x {case.d_proj} x {case.vocab}), B={case.batch}, "
           f"{case.dtype}: weights {format_bytes(case.weight_bytes)}, "
           f"probe {format_optional(case.probe_gbps, '.1f', ' GB/s')} ==")
+    vs_eagle_fast = "vs f32" if case.dtype == "float32" else "vs f64"
     print(f"  {'contender':33s} {'weights':>8s} {'stored':>10s} {'median':>11s} {'GB/s':>7s} "
-          f"{'%probe':>7s} {'vs numpy':>9s} {'vs torch':>9s} {'vs f32':>8s}  check")
+          f"{'%probe':>7s} {'vs numpy':>9s} {'vs torch':>9s} {vs_eagle_fast:>8s}  check")
     for m in case.measurements:
         if m.median_s is None:
             print(f"  {m.name:33s} {m.note}")
@@ -713,7 +714,7 @@ def print_case(case: CaseResult) -> None:
               f"{format_optional(m.pct_probe, '6.0f', '%'):>7s} "
               f"{format_optional(m.ratio_numpy, '8.2f', 'x'):>9s} "
               f"{format_optional(m.ratio_torch, '8.2f', 'x'):>9s} "
-              f"{format_optional(m.ratio_float32, '7.2f', 'x'):>8s}  {m.check}")
+              f"{format_optional(m.ratio_eagle_fast, '7.2f', 'x'):>8s}  {m.check}")
     for m in case.measurements:
         if m.check.startswith("MISMATCH"):
             print(f"  WARNING: {m.name} predicted tokens differ from NumPy's argmax "
@@ -1000,7 +1001,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cases: list[CaseResult] = []
     skipped: list[str] = []
     accuracy: list[AccuracyResult] = []
-    want_accuracy = args.accuracy_states > 0 and bool(args.low_precision)
+    want_accuracy = (args.accuracy_states > 0 and bool(args.low_precision)
+                     and "float32" in args.dtype)
 
     def run_accuracy_with(flat_heads: Optional[dict[str, eagle_fast.DraftHead]]) -> None:
         accuracy.append(run_accuracy(args.accuracy_size, args.accuracy_states,
