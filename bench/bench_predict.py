@@ -4,15 +4,21 @@ Usage::
 
     python bench/bench_predict.py [--quick] [--sizes NAME|DxPxV ...]
         [--batches 1 4 16 64] [--dtype float32|float64 ...] [--repeats N]
+        [--weight-dtypes float32 bfloat16 float16 int8]
+        [--accuracy-size NAME|DxPxV] [--accuracy-states N]
         [--json PATH] [--plot PATH]
 
 The head is ``x = SiLU(W h + b)``, ``logits = L x / T``, ``softmax``, top-1,
-with random weights (scale 1/sqrt(fan_in), fixed seed) at each size
+with the "flat" random weights (below; fixed seed) at each size
 ``(d_model, d_proj, vocab)`` and batch size B.  Contenders:
 
 * ``eagle_fast`` compiled, best SIMD level, through a reused ``DraftHead``;
 * ``eagle_fast`` compiled, baseline SIMD level (when it differs);
 * ``eagle_fast`` Python (NumPy) fallback backend;
+* in float32 runs, ``eagle_fast`` compiled, best SIMD level, with W and L
+  stored as each of ``--weight-dtypes`` bfloat16, float16, int8 (the same
+  weights converted by ``DraftHead(..., weight_dtype=...)``); they are
+  contenders of the same round-robin, so their ratios come from one run;
 * NumPy written by hand, as a user would;
 * PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
 * at tiny sizes and B = 1: the specification's plain-Python loops, and
@@ -40,16 +46,59 @@ Methodology
   the environment has it; the header prints the BLAS in use.
 * The predicted tokens of every contender are checked against NumPy's logits
   for the same inputs: float64 runs must match exactly; float32 runs may
-  differ only on near-ties (top logits within rounding).  Anything else is
-  printed as a warning.
+  differ only on near-ties (top logits within rounding).  A low-precision
+  head is checked against NumPy's float32 logits computed with its own
+  dequantized weights (what its kernel computes with), by the float32 rule.
+  Anything else is printed as a warning.
+* Timing does not depend on the weights' values, so only the flat head is
+  timed.
 
-Columns: median time per call; GB/s of weight bytes (W + b + L) per call;
-that bandwidth as a % of the read probe's; the speed ratio vs NumPy
-(``numpy_time / time``, > 1 means faster than NumPy) and vs PyTorch.
+Columns: the contender's weight storage (``weights``) and the bytes it stores
+(``stored``: W + b + L, plus int8's per-row scales -- ``DraftHead.nbytes``,
+what one B = 1 call streams); median time per call; GB/s of those stored
+bytes; that bandwidth as a % of the read probe's; the speed ratio vs NumPy
+(``numpy_time / time``, > 1 means faster than NumPy; NumPy always uses the
+run's float32/float64 weights), vs PyTorch, and vs the eagle_fast head at the
+best SIMD level with weights in the compute dtype (``vs f32``, in float64 runs
+``vs f64``; ``ratio_eagle_fast`` in the JSON).
 
-Results go to ``--json`` (default ``bench/results/bench_predict.json``) and,
-when matplotlib is importable, a bar chart of the ratio vs NumPy to
-``--plot`` (default ``bench/results/bench_predict.png``).
+Accuracy of the low-precision weights
+-------------------------------------
+One table (at ``--accuracy-size``, default 4k-4k-32k; ``--quick``: 4k-1k-32k,
+whose heads are 4x faster to convert; it reuses the timed heads when that
+size is timed in float32) compares each low-precision head with the float32
+head through ``eagle_fast.compare`` (batched) over ``--accuracy-states``
+standard normal hidden states (default 256, ``--quick`` 64; 0, or no float32
+in ``--dtype``, turns the table off): top-1 agreement, top-5 overlap, max |delta
+confidence| (each head's probability of its own top-1 token) and mean
+KL(p_float32 || p_other) in nats, at T = 1.  Two synthetic heads:
+
+* "flat": every entry of W, b and L ~ N(0, 0.02^2) -- the timed head.  With
+  standard normal hidden states its logits have a std of about 1 (at
+  4k-4k-32k), so the softmax is nearly uniform (median top-1 probability
+  ~ 1e-3): a pessimistic case, where the top tokens are separated by tiny gaps.
+* "peaked": the flat head's W, b and L's row directions, but L's rows
+  rescaled to heavy-tailed norms ``exp(N(0, 1))`` (log-normal: a few tokens
+  with large norms dominate, roughly like the frequent tokens of a trained
+  head), times one global scale.  The scale is calibrated so the median
+  top-1 probability over 128 separate standard normal hidden states is 0.6:
+  their logits are computed once in float64 and are linear in the scale, so
+  a bisection on them finds it exactly.  Only the L scale is searched; the
+  construction itself is fixed in advance, not tuned to any metric.
+
+For each head the table prints the float32 head's median (p10, p90) top-1
+probability over the measured states and how many distinct top-1 tokens
+they have, so the reader sees how flat or peaked it really is.  Real trained
+heads differ from both.  The peaked head is not an easy case either: its top
+tokens win through large row norms rather than through alignment with x, and
+a logit's rounding error grows with its row's norm (int8: per-row scale
+max|w|/127), so near-ties between dominant tokens can flip -- int8's top-1
+agreement may come out lower here than on the flat head.
+
+Results go to ``--json`` (default ``bench/results/bench_predict.json``; the
+accuracy table under ``"accuracy"``) and, when matplotlib is importable, a
+bar chart of the ratio vs NumPy (all eagle_fast contenders, low-precision
+ones included) to ``--plot`` (default ``bench/results/bench_predict.png``).
 """
 
 from __future__ import annotations
@@ -93,6 +142,17 @@ PROBE_MIN_BYTES = 1 << 20     # no read probe for heads that fit in cache
 DEFAULT_REPEATS = 9
 QUICK_REPEATS = 7
 F32_NEAR_TIE_RTOL = 1e-4      # float32 tokens may differ when logits are this close
+LOW_PRECISION = ("bfloat16", "float16", "int8")
+WEIGHT_DTYPES = ("float32",) + LOW_PRECISION   # --weight-dtypes choices (float32 runs)
+FLAT_SCALE = 0.02             # std of every weight of the "flat" head (the timed one)
+PEAKED_LOG_NORM_SIGMA = 1.0   # "peaked" head: L row norms ~ exp(N(0, sigma^2)) ...
+PEAKED_TARGET_TOP1 = 0.6      # ... times one global scale calibrated to this median top-1 prob
+CALIBRATION_STATES = 128      # hidden states the calibration uses (not the measured ones)
+ACCURACY_TOP_K = 5
+DEFAULT_ACCURACY_STATES = 256
+QUICK_ACCURACY_STATES = 64
+DEFAULT_ACCURACY_SIZE = "4k-4k-32k"
+QUICK_ACCURACY_SIZE = "4k-1k-32k"    # 4x fewer weights to convert than 4k-4k-32k
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 NUMPY = "numpy"
@@ -136,6 +196,8 @@ class Contender:
     run: Callable[[], Any]      # one call; returns the predicted token(s), or None (probes)
     is_probe: bool = False
     optional: bool = False      # may be skipped when too slow
+    weight_dtype: str = ""
+    weight_bytes: Optional[int] = None
 
 
 @dataclass
@@ -145,10 +207,13 @@ class Measurement:
     median_s: Optional[float] = None
     times_s: list[float] = field(default_factory=list)
     calls_per_repeat: int = 0
+    weight_dtype: str = ""      # how the contender's weights are stored
+    weight_bytes: Optional[int] = None   # bytes of weights one call streams (as stored)
     gbps: Optional[float] = None
     pct_probe: Optional[float] = None
     ratio_numpy: Optional[float] = None
     ratio_torch: Optional[float] = None
+    ratio_eagle_fast: Optional[float] = None   # vs eagle_fast, weights in the compute dtype
     check: str = ""             # token check vs NumPy's logits ("" for probes)
     note: str = ""              # why it was skipped
 
@@ -164,6 +229,43 @@ class CaseResult:
     weight_bytes: int
     probe_gbps: Optional[float]
     measurements: list[Measurement]
+
+
+@dataclass
+class HeadKind:
+    """How one synthetic head of the accuracy table was built, and how peaked
+    its float32 softmax really is on the measured hidden states."""
+    kind: str                   # "flat" or "peaked"
+    description: str
+    lm_head_scale: float        # L = this * N(0, 1) entries (peaked: * row norms)
+    median_top1_prob: float     # float32 head, over the measured states
+    p10_top1_prob: float
+    p90_top1_prob: float
+    distinct_top1_tokens: int
+    calibration_median_top1: Optional[float] = None   # float64, calibration states
+
+
+@dataclass
+class AccuracyRow:
+    head_kind: str
+    weight_dtype: str
+    n_states: int
+    k: int
+    top1_agreement: float
+    topk_overlap: float
+    max_abs_confidence_delta: float
+    mean_kl: float
+
+
+@dataclass
+class AccuracyResult:
+    size: str
+    d_model: int
+    d_proj: int
+    vocab: int
+    n_states: int
+    head_kinds: list[HeadKind]
+    rows: list[AccuracyRow]
 
 
 # -- environment --------------------------------------------------------------
@@ -283,15 +385,72 @@ def format_optional(value: Optional[float], spec: str, suffix: str = "") -> str:
 # -- inputs -------------------------------------------------------------------
 
 def make_weights(size: Size, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """W, b, L with entries ~ N(0, 1/fan_in), generated directly in ``dtype``."""
+    """The "flat" head (the one timed): W, b, L with entries ~ N(0, FLAT_SCALE^2),
+    generated directly in ``dtype``."""
     rng = np.random.default_rng([SEED, size.d_model, size.d_proj, size.vocab])
     weight = rng.standard_normal((size.d_proj, size.d_model), dtype=dtype)
-    weight *= dtype.type(1 / math.sqrt(size.d_model))
+    weight *= dtype.type(FLAT_SCALE)
     bias = rng.standard_normal(size.d_proj, dtype=dtype)
-    bias *= dtype.type(0.1)
+    bias *= dtype.type(FLAT_SCALE)
     lm_head = rng.standard_normal((size.vocab, size.d_proj), dtype=dtype)
-    lm_head *= dtype.type(1 / math.sqrt(size.d_proj))
+    lm_head *= dtype.type(FLAT_SCALE)
     return weight, bias, lm_head
+
+
+def silu_features(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """x = SiLU(W h + b) in float64, for (B, d_model) states."""
+    z = hidden.astype(np.float64) @ weight.T.astype(np.float64) + bias
+    return z / (1 + np.exp(-z))
+
+
+def median_top1_prob(logits: np.ndarray) -> float:
+    """Median over states (rows) of the largest softmax probability, in float64."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return float(np.median(1 / np.exp(shifted).sum(axis=1)))
+
+
+def make_peaked_weights(size: Size) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray],
+                                             float, float]:
+    """The "peaked" head: the flat head's W, b and row directions of L, with
+    L's rows rescaled to log-normal norms, ``exp(N(0, PEAKED_LOG_NORM_SIGMA^2))``
+    (a few tokens with large norms dominate, like frequent tokens of a trained
+    head), times one global scale.  The scale is calibrated so that the median
+    top-1 probability over CALIBRATION_STATES hidden states (standard normal,
+    not the measured ones) is PEAKED_TARGET_TOP1: the logits are computed once
+    in float64 and are linear in the scale, so a bisection on them is exact.
+
+    Returns ((W, b, L) in float32, the global scale, the calibrated median)."""
+    weight, bias, lm_head = make_weights(size, np.dtype(np.float32))
+    rng = np.random.default_rng([SEED, 1, size.d_model, size.d_proj, size.vocab])
+    norms = np.exp(PEAKED_LOG_NORM_SIGMA * rng.standard_normal(size.vocab))
+    lm_head *= norms.astype(np.float32)[:, None]
+
+    hidden = np.random.default_rng([SEED, 2, size.d_model]).standard_normal(
+        (CALIBRATION_STATES, size.d_model))
+    x = silu_features(hidden, weight, bias)
+    base = np.empty((CALIBRATION_STATES, size.vocab))
+    rows = max(1, (64 << 20) // (8 * size.d_proj))      # float64 copies of L in ~64 MB chunks
+    for start in range(0, size.vocab, rows):
+        base[:, start:start + rows] = x @ lm_head[start:start + rows].T.astype(np.float64)
+    base /= TEMPERATURE
+    low, high = -30.0, 30.0                              # log of the scale
+    for _ in range(40):
+        mid = (low + high) / 2
+        if median_top1_prob(math.exp(mid) * base) < PEAKED_TARGET_TOP1:
+            low = mid
+        else:
+            high = mid
+    scale = math.exp((low + high) / 2)
+    calibrated = median_top1_prob(scale * base)
+    lm_head *= np.float32(scale)
+    return (weight, bias, lm_head), scale, calibrated
+
+
+def make_accuracy_hidden(size: Size, n_states: int) -> np.ndarray:
+    """Standard normal hidden states (n_states, d_model), float32, seeded apart
+    from the timing and calibration states."""
+    rng = np.random.default_rng([SEED, 3, size.d_model])
+    return rng.standard_normal((n_states, size.d_model), dtype=np.float32)
 
 
 def make_hidden(size: Size, batch: int, dtype: np.dtype) -> np.ndarray:
@@ -301,11 +460,15 @@ def make_hidden(size: Size, batch: int, dtype: np.dtype) -> np.ndarray:
     return rng.standard_normal(shape, dtype=dtype)
 
 
-def memory_needed(size: Size, itemsize: int, max_batch: int) -> int:
-    """Weights plus the vocab-sized temporaries of NumPy, torch and the Python
-    fallback (a few copies of the logits, some in float64), plus slack."""
+def memory_needed(size: Size, itemsize: int, max_batch: int, low_precision_bytes: int = 0
+                  ) -> int:
+    """Weights (plus ``low_precision_bytes`` per weight for the low-precision
+    heads, and a float32 dequantized copy while their tokens are checked), plus
+    the vocab-sized temporaries of NumPy, torch and the Python fallback (a few
+    copies of the logits, some in float64), plus slack."""
     per_state = size.vocab * (4 * itemsize + 5 * 8)
-    return size.n_weights * itemsize + max_batch * per_state + 256 * 2**20
+    per_weight = itemsize + low_precision_bytes + (4 if low_precision_bytes else 0)
+    return size.n_weights * per_weight + max_batch * per_state + 256 * 2**20
 
 
 # -- contenders ---------------------------------------------------------------
@@ -344,13 +507,13 @@ def spec_python_loops(hidden: list[float], weight: list[list[float]], bias: list
     return probs.index(max(probs))
 
 
-def head_on(backend: str, simd_level: Optional[str], weights: Sequence[np.ndarray]
-            ) -> eagle_fast.DraftHead:
+def head_on(backend: str, simd_level: Optional[str], weights: Sequence[np.ndarray],
+            weight_dtype: Optional[str] = None) -> eagle_fast.DraftHead:
     """A DraftHead on the given backend; the active backend is restored after."""
     previous = _backend.active()
     _backend.use(backend, simd_level)
     try:
-        return eagle_fast.DraftHead(*weights)
+        return eagle_fast.DraftHead(*weights, weight_dtype=weight_dtype)
     finally:
         _backend.use(previous.name, previous.simd_level if previous.name == "compiled" else None)
 
@@ -358,7 +521,8 @@ def head_on(backend: str, simd_level: Optional[str], weights: Sequence[np.ndarra
 def draft_head_contender(name: str, head: eagle_fast.DraftHead, hidden: np.ndarray,
                          optional: bool = False) -> Contender:
     return Contender(name, lambda: head.predict(hidden, temperature=TEMPERATURE).tokens,
-                     optional=optional)
+                     optional=optional, weight_dtype=head.weight_dtype,
+                     weight_bytes=head.nbytes)
 
 
 def torch_contender(hidden: np.ndarray, weights: Sequence[np.ndarray]) -> Contender:
@@ -371,7 +535,8 @@ def torch_contender(hidden: np.ndarray, weights: Sequence[np.ndarray]) -> Conten
             probs = torch.softmax(logits, dim=-1)
             return probs.argmax(dim=-1).numpy()
 
-    return Contender(TORCH, run)
+    return Contender(TORCH, run, weight_dtype=weights[0].dtype.name,
+                     weight_bytes=sum(a.nbytes for a in weights))
 
 
 def read_probe(weights: Sequence[np.ndarray], n_threads: int) -> Contender:
@@ -382,13 +547,18 @@ def read_probe(weights: Sequence[np.ndarray], n_threads: int) -> Contender:
     flat = [a.reshape(-1).view(np.float32) for a in weights]
     label = "1 thread" if n_threads == 1 else f"{n_threads} threads"
     return Contender(f"read probe, {label}",
-                     lambda: [probe(a, n_threads) for a in flat], is_probe=True)
+                     lambda: [probe(a, n_threads) for a in flat], is_probe=True,
+                     weight_dtype=weights[0].dtype.name,
+                     weight_bytes=sum(a.nbytes for a in weights))
 
 
-def make_heads(weights: Sequence[np.ndarray]) -> dict[str, eagle_fast.DraftHead]:
+def make_heads(weights: Sequence[np.ndarray], low_precision: Sequence[str]
+               ) -> dict[str, eagle_fast.DraftHead]:
     """One reusable DraftHead per eagle_fast contender, by contender name:
-    the best compiled SIMD level, the baseline one (if different), the Python
-    fallback.  Built once per size: construction validates all the weights."""
+    the best compiled SIMD level (first: the reference of the "vs f32"
+    column), the baseline one (if different), the Python fallback, then the
+    best compiled level with each ``low_precision`` weight dtype.  Built once
+    per size: construction validates (and converts) all the weights."""
     heads = {}
     levels = _backend.simd_levels_available()          # best first
     if levels:
@@ -396,6 +566,10 @@ def make_heads(weights: Sequence[np.ndarray]) -> dict[str, eagle_fast.DraftHead]
         if levels[0] != "baseline":
             heads["eagle_fast baseline"] = head_on("compiled", "baseline", weights)
     heads[PYTHON_FALLBACK] = head_on("python", None, weights)
+    if levels:
+        for weight_dtype in low_precision:
+            heads[f"eagle_fast {levels[0]} {weight_dtype}"] = head_on(
+                "compiled", levels[0], weights, weight_dtype)
     return heads
 
 
@@ -408,8 +582,11 @@ def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
     skipped: list[Measurement] = []
     if not _backend.simd_levels_available():
         skipped.append(Measurement("eagle_fast compiled", note="compiled backend not built"))
+    weight_dtype = weights[0].dtype.name
+    weight_bytes = sum(a.nbytes for a in weights)
     contenders.append(Contender(
-        NUMPY, lambda: numpy_forward(hidden, *weights, TEMPERATURE)[1].argmax(axis=-1)))
+        NUMPY, lambda: numpy_forward(hidden, *weights, TEMPERATURE)[1].argmax(axis=-1),
+        weight_dtype=weight_dtype, weight_bytes=weight_bytes))
     if torch is not None:
         contenders.append(torch_contender(hidden, weights))
     else:
@@ -417,10 +594,12 @@ def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
     if batch == 1 and size.n_weights <= SPEC_LOOPS_MAX_WEIGHTS:
         lists = [hidden.tolist()] + [a.tolist() for a in weights]
         contenders.append(Contender(
-            "spec loops (pure Python)", lambda: spec_python_loops(*lists, TEMPERATURE)))
+            "spec loops (pure Python)", lambda: spec_python_loops(*lists, TEMPERATURE),
+            weight_dtype="list", weight_bytes=weight_bytes))
         contenders.append(Contender(
             "eagle_draft_from_hidden (lists)",
-            lambda: eagle_fast.eagle_draft_from_hidden(*lists, TEMPERATURE)["predicted_token"]))
+            lambda: eagle_fast.eagle_draft_from_hidden(*lists, TEMPERATURE)["predicted_token"],
+            weight_dtype="list", weight_bytes=weight_bytes))
     # Tiny heads sit in cache: a probe there would only time call overhead.
     if _backend.compiled_available() and size.n_weights * 4 >= PROBE_MIN_BYTES:
         contenders.append(read_probe(weights, 1))
@@ -442,7 +621,10 @@ def measure(contenders: list[Contender], repeats: int
 
     Returns one Measurement per contender and each one's last result (for
     the token check)."""
-    measurements = {c.name: Measurement(c.name, is_probe=c.is_probe) for c in contenders}
+    measurements = {c.name: Measurement(c.name, is_probe=c.is_probe,
+                                        weight_dtype=c.weight_dtype,
+                                        weight_bytes=c.weight_bytes)
+                    for c in contenders}
     results: dict[str, Any] = {}
     active: list[Contender] = []
     for contender in contenders:
@@ -495,21 +677,27 @@ def check_tokens(tokens: Any, ref_logits: np.ndarray, dtype: np.dtype) -> str:
     return f"MISMATCH {wrong.size}/{batch}"
 
 
-def summarize(measurements: list[Measurement], weight_bytes: int) -> Optional[float]:
-    """Fill in bandwidth and ratios; returns the probe's GB/s (the faster probe)."""
+def summarize(measurements: list[Measurement], reference: Optional[str]) -> Optional[float]:
+    """Fill in bandwidth (of each contender's weight bytes as stored) and the
+    ratios vs NumPy, torch and the ``reference`` eagle_fast head; returns the
+    probe's GB/s (the faster probe)."""
     timed = {m.name: m for m in measurements if m.median_s is not None}
     for m in timed.values():
-        m.gbps = weight_bytes / m.median_s / 1e9
-    probe_gbps = max((m.gbps for m in timed.values() if m.is_probe), default=None)
+        if m.weight_bytes is not None:
+            m.gbps = m.weight_bytes / m.median_s / 1e9
+    probe_gbps = max((m.gbps for m in timed.values() if m.is_probe and m.gbps), default=None)
     numpy_s = timed[NUMPY].median_s if NUMPY in timed else None
     torch_s = timed[TORCH].median_s if TORCH in timed else None
+    ref_s = timed[reference].median_s if reference in timed else None
     for m in timed.values():
-        if probe_gbps:
+        if probe_gbps and m.gbps is not None:
             m.pct_probe = 100 * m.gbps / probe_gbps
         if numpy_s is not None:
             m.ratio_numpy = numpy_s / m.median_s
         if torch_s is not None:
             m.ratio_torch = torch_s / m.median_s
+        if ref_s is not None:
+            m.ratio_eagle_fast = ref_s / m.median_s
     return probe_gbps
 
 
@@ -517,16 +705,20 @@ def print_case(case: CaseResult) -> None:
     print(f"== {case.size} ({case.d_model} x {case.d_proj} x {case.vocab}), B={case.batch}, "
           f"{case.dtype}: weights {format_bytes(case.weight_bytes)}, "
           f"probe {format_optional(case.probe_gbps, '.1f', ' GB/s')} ==")
-    print(f"  {'contender':33s} {'median':>11s} {'GB/s':>8s} {'%probe':>7s} "
-          f"{'vs numpy':>9s} {'vs torch':>9s}  check")
+    vs_eagle_fast = "vs f32" if case.dtype == "float32" else "vs f64"
+    print(f"  {'contender':33s} {'weights':>8s} {'stored':>10s} {'median':>11s} {'GB/s':>7s} "
+          f"{'%probe':>7s} {'vs numpy':>9s} {'vs torch':>9s} {vs_eagle_fast:>8s}  check")
     for m in case.measurements:
         if m.median_s is None:
             print(f"  {m.name:33s} {m.note}")
             continue
-        print(f"  {m.name:33s} {format_time(m.median_s):>11s} {m.gbps:8.2f} "
+        stored = "-" if m.weight_bytes is None else format_bytes(m.weight_bytes)
+        print(f"  {m.name:33s} {m.weight_dtype:>8s} {stored:>10s} "
+              f"{format_time(m.median_s):>11s} {format_optional(m.gbps, '7.2f'):>7s} "
               f"{format_optional(m.pct_probe, '6.0f', '%'):>7s} "
               f"{format_optional(m.ratio_numpy, '8.2f', 'x'):>9s} "
-              f"{format_optional(m.ratio_torch, '8.2f', 'x'):>9s}  {m.check}")
+              f"{format_optional(m.ratio_torch, '8.2f', 'x'):>9s} "
+              f"{format_optional(m.ratio_eagle_fast, '7.2f', 'x'):>8s}  {m.check}")
     for m in case.measurements:
         if m.check.startswith("MISMATCH"):
             print(f"  WARNING: {m.name} predicted tokens differ from NumPy's argmax "
@@ -534,11 +726,36 @@ def print_case(case: CaseResult) -> None:
     print(flush=True)
 
 
+def dequantized_logits(heads: dict[str, eagle_fast.DraftHead], size: Size,
+                       batches: Sequence[int]) -> dict[tuple[str, int], np.ndarray]:
+    """NumPy's float32 logits, per (low-precision contender, batch), computed
+    with the weights exactly as that head dequantizes them: the reference its
+    tokens are checked against (one dequantized copy alive at a time)."""
+    logits = {}
+    for name, head in heads.items():
+        if head.weight_dtype not in LOW_PRECISION:
+            continue
+        weights = (head.projection_weight, head.projection_bias, head.lm_head_weight)
+        for batch in batches:
+            hidden = make_hidden(size, batch, np.dtype(np.float32))
+            logits[name, batch] = np.atleast_2d(numpy_forward(hidden, *weights, TEMPERATURE)[0])
+        del weights
+        gc.collect()
+    return logits
+
+
 def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int,
-               probe_threads: int) -> list[CaseResult]:
+               probe_threads: int, low_precision: Sequence[str],
+               accuracy: Optional[Callable[[dict[str, eagle_fast.DraftHead]], None]] = None
+               ) -> list[CaseResult]:
+    """Time all contenders at one size and dtype, for every batch.  Low-precision
+    heads are timed only in float32 runs (they compute in float32).  If given,
+    ``accuracy`` is called last with the float32 run's heads by weight dtype."""
     weights = make_weights(size, dtype)
     weight_bytes = sum(a.nbytes for a in weights)
-    heads = make_heads(weights)
+    heads = make_heads(weights, low_precision if dtype == np.float32 else ())
+    reference = next(iter(heads))       # best compiled level (or the Python fallback)
+    lp_logits = dequantized_logits(heads, size, batches)
     cases = []
     for batch in batches:
         hidden = make_hidden(size, batch, dtype)
@@ -548,30 +765,125 @@ def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int
         ref_logits = np.atleast_2d(numpy_forward(hidden, *weights, TEMPERATURE)[0])
         for m in measurements:
             if not m.is_probe and m.median_s is not None:
-                m.check = check_tokens(results[m.name], ref_logits, dtype)
+                m.check = check_tokens(results[m.name],
+                                       lp_logits.get((m.name, batch), ref_logits), dtype)
         measurements += skipped
-        probe_gbps = summarize(measurements, weight_bytes)
+        probe_gbps = summarize(measurements, reference)
         case = CaseResult(size.name, size.d_model, size.d_proj, size.vocab, batch,
                           dtype.name, weight_bytes, probe_gbps, measurements)
         print_case(case)
         cases.append(case)
         del contenders, results, ref_logits
         gc.collect()
+    if accuracy is not None and dtype == np.float32:
+        by_dtype = {head.weight_dtype: head for name, head in heads.items()
+                    if name == reference or head.weight_dtype in LOW_PRECISION}
+        del heads, weights, lp_logits        # free what the accuracy run does not use
+        gc.collect()
+        accuracy(by_dtype)
     return cases
+
+
+# -- accuracy -----------------------------------------------------------------
+
+def top1_probs(head: eagle_fast.DraftHead, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head's top-1 token and its probability for each state (batched)."""
+    tokens, probs = [], []
+    for start in range(0, hidden.shape[0], 64):
+        result = head.predict(hidden[start:start + 64], temperature=TEMPERATURE)
+        tokens.append(result.tokens[:, 0])
+        probs.append(result.token_probs[:, 0])
+    return np.concatenate(tokens), np.concatenate(probs).astype(np.float64)
+
+
+def accuracy_kind(kind: str, description: str, heads: dict[str, eagle_fast.DraftHead],
+                  hidden: np.ndarray, low_precision: Sequence[str], lm_head_scale: float,
+                  calibrated: Optional[float] = None) -> tuple[HeadKind, list[AccuracyRow]]:
+    """Compare each low-precision head with the float32 one (``heads["float32"]``);
+    a head missing from ``heads`` is made with ``to()``."""
+    reference = heads["float32"]
+    tokens, probs = top1_probs(reference, hidden)
+    info = HeadKind(kind, description, lm_head_scale, float(np.median(probs)),
+                    float(np.percentile(probs, 10)), float(np.percentile(probs, 90)),
+                    int(np.unique(tokens).size), calibrated)
+    rows = []
+    for weight_dtype in low_precision:
+        other = heads[weight_dtype] if weight_dtype in heads else reference.to(weight_dtype)
+        comparison = eagle_fast.compare(reference, other, hidden, top_k=ACCURACY_TOP_K,
+                                        temperature=TEMPERATURE)
+        rows.append(AccuracyRow(kind, weight_dtype, **asdict(comparison)))
+        del other
+    return info, rows
+
+
+def run_accuracy(size: Size, n_states: int, low_precision: Sequence[str],
+                 flat_heads: Optional[dict[str, eagle_fast.DraftHead]] = None
+                 ) -> AccuracyResult:
+    """Accuracy of each low-precision weight dtype vs float32 on the flat and
+    the peaked head, over the same ``n_states`` hidden states.  ``flat_heads``
+    (by weight dtype) are the timed heads when this size was just timed."""
+    started = time.perf_counter()
+    hidden = make_accuracy_hidden(size, n_states)
+    if flat_heads is None:
+        flat_heads = {"float32": eagle_fast.DraftHead(*make_weights(size, np.dtype(np.float32)))}
+    flat = accuracy_kind(
+        "flat", f"W, b, L ~ N(0, {FLAT_SCALE}^2) (the timed head)", flat_heads, hidden,
+        low_precision, FLAT_SCALE)
+    del flat_heads
+    gc.collect()
+    weights, scale, calibrated = make_peaked_weights(size)
+    peaked_heads = {"float32": eagle_fast.DraftHead(*weights)}
+    del weights
+    peaked = accuracy_kind(
+        "peaked", f"flat W, b; L rows with norms exp(N(0, {PEAKED_LOG_NORM_SIGMA:g}^2)), "
+        f"times a global scale calibrated to median top-1 prob {PEAKED_TARGET_TOP1:g}",
+        peaked_heads, hidden, low_precision, FLAT_SCALE * scale, calibrated)
+    del peaked_heads
+    gc.collect()
+    result = AccuracyResult(size.name, size.d_model, size.d_proj, size.vocab, n_states,
+                            [flat[0], peaked[0]], flat[1] + peaked[1])
+    print_accuracy(result, time.perf_counter() - started)
+    return result
+
+
+def print_accuracy(result: AccuracyResult, elapsed_s: float) -> None:
+    print(f"== accuracy vs the float32 head: {result.size} ({result.d_model} x "
+          f"{result.d_proj} x {result.vocab}), {result.n_states} standard normal hidden "
+          f"states, T={TEMPERATURE:g}, top-{ACCURACY_TOP_K} ({elapsed_s:.1f} s) ==")
+    for info in result.head_kinds:
+        calibrated = ("" if info.calibration_median_top1 is None else
+                      f"; calibrated on {CALIBRATION_STATES} other states: "
+                      f"{info.calibration_median_top1:.3f}")
+        print(f"  {info.kind:7s} {info.description}")
+        print(f"  {'':7s} float32 top-1 prob: median {info.median_top1_prob:.4f} "
+              f"(p10 {info.p10_top1_prob:.4f}, p90 {info.p90_top1_prob:.4f}){calibrated}; "
+              f"{info.distinct_top1_tokens} distinct top-1 tokens")
+    print(f"  {'head':7s} {'weights':>8s} {'top-1 agree':>12s} "
+          f"{f'top-{ACCURACY_TOP_K} overlap':>14s} {'max|dconf|':>11s} {'mean KL':>10s}")
+    for row in result.rows:
+        print(f"  {row.head_kind:7s} {row.weight_dtype:>8s} {100 * row.top1_agreement:11.2f}% "
+              f"{100 * row.topk_overlap:13.2f}% {row.max_abs_confidence_delta:11.2e} "
+              f"{row.mean_kl:10.2e}")
+    print(flush=True)
 
 
 # -- output -------------------------------------------------------------------
 
 def write_json(path: Path, header: dict[str, Any], cases: list[CaseResult],
-               skipped: list[str], elapsed_s: float) -> None:
+               accuracy: Optional[AccuracyResult], skipped: list[str],
+               elapsed_s: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "header": header,
         "methodology": {
             "temperature": TEMPERATURE, "seed": SEED, "fast_call_s": FAST_CALL_S,
             "repeat_target_s": REPEAT_TARGET_S, "optional_max_call_s": OPTIONAL_MAX_CALL_S,
+            "flat_scale": FLAT_SCALE, "peaked_log_norm_sigma": PEAKED_LOG_NORM_SIGMA,
+            "peaked_target_top1": PEAKED_TARGET_TOP1,
+            "calibration_states": CALIBRATION_STATES, "accuracy_top_k": ACCURACY_TOP_K,
         },
         "cases": [asdict(case) for case in cases],
+        "accuracy": None if accuracy is None else asdict(accuracy),
         "skipped_sizes": skipped,
         "elapsed_s": elapsed_s,
     }
@@ -642,6 +954,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f"batch sizes (default {' '.join(map(str, DEFAULT_BATCHES))})")
     parser.add_argument("--dtype", nargs="+", choices=("float32", "float64"),
                         default=["float32"], help="compute dtype(s) (default float32)")
+    parser.add_argument("--weight-dtypes", nargs="+", choices=WEIGHT_DTYPES,
+                        default=list(WEIGHT_DTYPES), metavar="WEIGHT_DTYPE",
+                        help="how eagle_fast stores W and L in float32 runs: "
+                             f"{', '.join(WEIGHT_DTYPES)} (default all); float32 is "
+                             "always timed, as the reference of the low-precision ones")
+    parser.add_argument("--accuracy-size", type=parse_size, metavar="SIZE",
+                        help="size of the flat and peaked heads of the accuracy table "
+                             f"(default {DEFAULT_ACCURACY_SIZE}, --quick {QUICK_ACCURACY_SIZE})")
+    parser.add_argument("--accuracy-states", type=int, metavar="N",
+                        help="hidden states for the accuracy table (default "
+                             f"{DEFAULT_ACCURACY_STATES}, --quick {QUICK_ACCURACY_STATES}; "
+                             "0: no accuracy table)")
     parser.add_argument("--repeats", type=int,
                         help=f"timed repeats per contender (default {DEFAULT_REPEATS}, "
                              f"--quick {QUICK_REPEATS})")
@@ -657,9 +981,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.batches = QUICK_BATCHES if args.quick else DEFAULT_BATCHES
     if args.repeats is None:
         args.repeats = QUICK_REPEATS if args.quick else DEFAULT_REPEATS
+    if args.accuracy_size is None:
+        args.accuracy_size = SIZES[QUICK_ACCURACY_SIZE if args.quick else DEFAULT_ACCURACY_SIZE]
+    if args.accuracy_states is None:
+        args.accuracy_states = QUICK_ACCURACY_STATES if args.quick else DEFAULT_ACCURACY_STATES
     if args.repeats < 1 or min(args.batches) < 1:
         parser.error("--repeats and --batches must be >= 1")
+    if args.accuracy_states < 0:
+        parser.error("--accuracy-states must be >= 0")
+    args.low_precision = [name for name in LOW_PRECISION if name in args.weight_dtypes]
     return args
+
+
+def same_shape(a: Size, b: Size) -> bool:
+    return (a.d_model, a.d_proj, a.vocab) == (b.d_model, b.d_proj, b.vocab)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -669,10 +1004,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print_header(header)
     cases: list[CaseResult] = []
     skipped: list[str] = []
+    accuracy: list[AccuracyResult] = []
+    want_accuracy = (args.accuracy_states > 0 and bool(args.low_precision)
+                     and "float32" in args.dtype)
+
+    def run_accuracy_with(flat_heads: Optional[dict[str, eagle_fast.DraftHead]]) -> None:
+        accuracy.append(run_accuracy(args.accuracy_size, args.accuracy_states,
+                                     args.low_precision, flat_heads))
+
     probe_threads = max(2, usable_cpus())
     for dtype in (np.dtype(name) for name in args.dtype):
+        low_precision = args.low_precision if dtype == np.float32 else []
+        if dtype != np.float32 and args.low_precision:
+            print(f"{dtype.name} run: low-precision weights compute in float32, "
+                  f"timed in float32 runs only\n")
         for size in args.sizes:
-            needed = memory_needed(size, dtype.itemsize, max(args.batches))
+            lp_bytes = sum(2 if name != "int8" else 1 for name in low_precision)
+            needed = memory_needed(size, dtype.itemsize, max(args.batches), lp_bytes)
             available = available_memory_bytes()
             if available is not None and needed > available:
                 message = (f"{size.name} ({size.shape_label}) {dtype.name}: needs about "
@@ -681,11 +1029,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"SKIPPED {message}\n")
                 skipped.append(message)
                 continue
-            cases += bench_size(size, dtype, args.batches, args.repeats, probe_threads)
+            measure_accuracy = (want_accuracy and not accuracy and dtype == np.float32
+                                and same_shape(size, args.accuracy_size))
+            cases += bench_size(size, dtype, args.batches, args.repeats, probe_threads,
+                                low_precision,
+                                run_accuracy_with if measure_accuracy else None)
             gc.collect()
+    if want_accuracy and not accuracy:      # the accuracy size was not timed in float32
+        run_accuracy_with(None)
     elapsed = time.perf_counter() - started
     print(f"total time {elapsed:.1f} s")
-    write_json(args.json, header, cases, skipped, elapsed)
+    write_json(args.json, header, cases, accuracy[0] if accuracy else None, skipped, elapsed)
     if importlib.util.find_spec("matplotlib") is not None:
         write_plot(args.plot, cases)
     else:
