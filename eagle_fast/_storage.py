@@ -14,7 +14,7 @@ compute in float32: the kernels use exactly the dequantized weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -51,22 +51,45 @@ def resolve_weight_dtype(weight_dtype: Any) -> str:
     return name
 
 
-def encode_bfloat16(values: np.ndarray) -> np.ndarray:
-    """uint16 bfloat16 bit patterns of finite float32/float64 ``values``,
-    rounded to nearest even.  Values beyond the bfloat16 range become inf
-    (the caller reports them)."""
-    wide = np.asarray(values, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        narrow = wide.astype(np.float32)
-    bits = narrow.view(np.uint32).copy()
-    # Float64 input is first rounded to float32 *to odd* (truncate, then set
-    # the last bit if anything was cut off), which makes the second rounding
-    # to bfloat16 correct: no double-rounding error.
-    inexact = narrow.astype(np.float64) != wide
-    bits[inexact & (np.abs(narrow.astype(np.float64)) > np.abs(wide))] -= 1
-    bits[inexact] |= 1
+# Matrices are converted in blocks of rows of about this many elements, so a
+# large head needs no full-size float64 (or uint32) temporaries.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _row_blocks(shape: tuple[int, ...]) -> Iterator[slice]:
+    rows_per_block = max(1, _BLOCK_ELEMENTS // max(1, shape[1]))
+    for start in range(0, shape[0], rows_per_block):
+        yield slice(start, start + rows_per_block)
+
+
+def _bfloat16_bits(block: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns of a block of finite values, nearest even."""
+    if block.dtype.kind == "f" and block.dtype.itemsize <= 4:
+        bits = np.ascontiguousarray(block, dtype=np.float32).view(np.uint32)
+    else:
+        # Wider input is first rounded to float32 *to odd* (truncate, then set
+        # the last bit if anything was cut off), which makes the second
+        # rounding, to bfloat16, correct: no double-rounding error.
+        wide = block.astype(np.float64)
+        with np.errstate(over="ignore"):
+            narrow = wide.astype(np.float32)
+        bits = narrow.view(np.uint32)
+        narrow_wide = narrow.astype(np.float64)
+        inexact = narrow_wide != wide
+        bits[inexact & (np.abs(narrow_wide) > np.abs(wide))] -= 1
+        bits[inexact] |= 1
     rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
     return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def encode_bfloat16(values: np.ndarray) -> np.ndarray:
+    """uint16 bfloat16 bit patterns of a finite 2-D array (of any real dtype),
+    rounded to nearest even.  Values beyond the bfloat16 range become inf
+    (the caller reports them)."""
+    out = np.empty(values.shape, dtype=np.uint16)
+    for rows in _row_blocks(values.shape):
+        out[rows] = _bfloat16_bits(values[rows])
+    return out
 
 
 def decode_bfloat16(bits: np.ndarray) -> np.ndarray:
@@ -75,13 +98,18 @@ def decode_bfloat16(bits: np.ndarray) -> np.ndarray:
 
 def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-row int8 of a finite 2-D array: (q int8, scale float32)."""
-    wide = np.asarray(values, dtype=np.float64)
-    with np.errstate(over="ignore"):  # beyond float32: inf, reported by the caller
-        scales = (np.abs(wide).max(axis=1) / 127).astype(np.float32)
-    # A zero scale (an all-zero row, or one below float32's range) stores zeros.
-    divisor = np.where((scales > 0) & np.isfinite(scales), scales, 1).astype(np.float64)[:, None]
-    q = np.clip(np.rint(wide / divisor), -127, 127).astype(np.int8)
-    q[scales == 0] = 0
+    q = np.empty(values.shape, dtype=np.int8)
+    scales = np.empty(values.shape[0], dtype=np.float32)
+    for rows in _row_blocks(values.shape):
+        wide = values[rows].astype(np.float64)
+        with np.errstate(over="ignore"):  # beyond float32: inf, reported by the caller
+            block_scales = (np.abs(wide).max(axis=1) / 127).astype(np.float32)
+        # A zero scale (an all-zero row, or one below float32's range) stores zeros.
+        usable = (block_scales > 0) & np.isfinite(block_scales)
+        divisor = np.where(usable, block_scales, 1).astype(np.float64)[:, None]
+        block_q = np.clip(np.rint(wide / divisor), -127, 127).astype(np.int8)
+        block_q[~usable] = 0
+        q[rows], scales[rows] = block_q, block_scales
     return q, scales
 
 
@@ -109,10 +137,8 @@ class StoredMatrix:
                 data = np.ascontiguousarray(values, dtype=STORAGE_ARRAY_DTYPE[weight_dtype])
             stored = cls(weight_dtype, data)
             limit = float(np.finfo(data.dtype).max)
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = np.isfinite(stored.dequantize()).all()
-        if not finite:
-            big = np.abs(np.asarray(values, dtype=np.float64)).max()
+        if not stored.all_finite():
+            big = max(float(np.abs(values[rows]).max()) for rows in _row_blocks(values.shape))
             raise ValueError(
                 f"{name} holds values too large for {weight_dtype} (largest magnitude "
                 f"{big:.6g}; the {weight_dtype} range ends at {limit:.6g}"
@@ -144,13 +170,29 @@ class StoredMatrix:
         elif scales is not None:
             raise ValueError(f"{name} stored as {weight_dtype} takes no scales")
         stored = cls(weight_dtype, array, scale_array)
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = np.isfinite(stored.dequantize()).all()
-        if not finite:
+        if not stored.all_finite():
             if weight_dtype == "int8":
                 raise ValueError(f"{name}: q * scale overflows float32 (scales too large)")
             raise ValueError(f"{name} contains NaN or inf")
         return stored
+
+    def all_finite(self) -> bool:
+        """Whether every dequantized weight is finite (no NaN/inf patterns, no
+        int8 ``q * scale`` beyond float32), checked without dequantizing."""
+        data = self.data
+        if self.weight_dtype == "int8":
+            assert self.scales is not None
+            if not np.isfinite(self.scales).all():
+                return False
+            largest = np.maximum(data.max(axis=1).astype(np.int16),
+                                 -data.min(axis=1).astype(np.int16)).astype(np.float32)
+            with np.errstate(over="ignore"):
+                return bool(np.isfinite(largest * self.scales).all())
+        if self.weight_dtype == "bfloat16":
+            # Exponent bits all ones: inf or NaN.
+            return not any(((data[rows] & 0x7F80) == 0x7F80).any()
+                           for rows in _row_blocks(data.shape))
+        return all(bool(np.isfinite(data[rows]).all()) for rows in _row_blocks(data.shape))
 
     @property
     def shape(self) -> tuple[int, int]:
