@@ -52,6 +52,12 @@ typedef double ef_f64x8 __attribute__((vector_size(8 * sizeof(double))));
 
 /* Unaligned vector load / store (memcpy compiles to one vector move). */
 #define EF_LOAD(V, p) ({ V v_; memcpy(&v_, (p), sizeof(v_)); v_; })
+/* Software prefetch of the weight streams, 2 KiB ahead: with 4-8 concurrent
+ * row streams per thread the hardware prefetchers alone leave bandwidth
+ * unused (measured at 4096x4096x32000, B = 1: bfloat16 11.0 -> 8.8 ms, int8
+ * 5.8 -> 4.7 ms, float32 18.8 -> 17.3 ms; 1 and 4 KiB ahead were slower). */
+#define EF_PREFETCH_BYTES 2048
+#define EF_PREFETCH(p) __builtin_prefetch((const char*) (p) + EF_PREFETCH_BYTES)
 #define EF_STORE(V, p, value) do { V v_ = (value); memcpy((p), &v_, sizeof(v_)); } while (0)
 
 static inline ef_f32x8 ef_load_f32(const float* p) { return EF_LOAD(ef_f32x8, p); }
@@ -216,6 +222,8 @@ static inline void ef_acc_4x1_##suffix(const W* r0, const W* r1, const W* r2,   
     V a2 = EF_LOAD(V, acc + 16), a3 = EF_LOAD(V, acc + 24);                       \
     for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
         V xv = EF_LOAD(V, x + j);                                                 \
+        EF_PREFETCH(r0 + j); EF_PREFETCH(r1 + j);                                 \
+        EF_PREFETCH(r2 + j); EF_PREFETCH(r3 + j);                                 \
         a0 += ef_load_##suffix(r0 + j) * xv;                                      \
         a1 += ef_load_##suffix(r1 + j) * xv;                                      \
         a2 += ef_load_##suffix(r2 + j) * xv;                                      \
@@ -240,6 +248,9 @@ static inline void ef_acc_3x4_##suffix(const W* r0, const W* r1, const W* r2,   
     for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
         V w0 = ef_load_##suffix(r0 + j), w1 = ef_load_##suffix(r1 + j);           \
         V w2 = ef_load_##suffix(r2 + j), v;                                       \
+        if (sizeof(W) >= 4) { /* narrower rows: the prefetches cost more */       \
+            EF_PREFETCH(r0 + j); EF_PREFETCH(r1 + j); EF_PREFETCH(r2 + j);        \
+        }                                                                         \
         v = EF_LOAD(V, x0 + j); a00 += w0 * v; a10 += w1 * v; a20 += w2 * v;      \
         v = EF_LOAD(V, x1 + j); a01 += w0 * v; a11 += w1 * v; a21 += w2 * v;      \
         v = EF_LOAD(V, x2 + j); a02 += w0 * v; a12 += w1 * v; a22 += w2 * v;      \
@@ -279,21 +290,26 @@ static inline void ef_acc_8x1_i8(const signed char* r0, ptrdiff_t row_step,
     for (int u = 0; u < 8; u++) a[u] = EF_LOAD(ef_f32x8, acc + 8 * u);
     for (ptrdiff_t j = 0; j < n; j += EF_LANES) {
         ef_f32x8 xv = EF_LOAD(ef_f32x8, x + j);
-        for (int u = 0; u < 8; u++)
+        for (int u = 0; u < 8; u++) {
+            EF_PREFETCH(r0 + u * row_step + j);
             a[u] += ef_load_i8(r0 + u * row_step + j) * xv;
+        }
     }
     for (int u = 0; u < 8; u++) EF_STORE(ef_f32x8, acc + 8 * u, a[u]);
 }
 
 /* Memory read-bandwidth probe for the benchmarks: sums n floats (n a multiple
- * of 64) as 8 concurrent sequential streams, 8 lanes each. */
+ * of 64) as 8 concurrent sequential streams, 8 lanes each, prefetching ahead
+ * as the kernels do. */
 static inline float ef_sum_8_streams_f32(const float* data, ptrdiff_t n)
 {
     ptrdiff_t part = n / 8, j;
     ef_f32x8 a[8] = {{0}};
     for (j = 0; j < part; j += EF_LANES)
-        for (int s = 0; s < 8; s++)
+        for (int s = 0; s < 8; s++) {
+            EF_PREFETCH(data + s * part + j);
             a[s] += EF_LOAD(ef_f32x8, data + s * part + j);
+        }
     for (int s = 1; s < 8; s++) a[0] += a[s];
     return ((a[0][0] + a[0][4]) + (a[0][2] + a[0][6])) + ((a[0][1] + a[0][5]) + (a[0][3] + a[0][7]));
 }
