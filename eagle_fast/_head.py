@@ -218,7 +218,8 @@ class DraftHead:
         self._weight = weight
         self._bias = bias
         self._lm_head = lm_head
-        self._dtype = bias.dtype
+        # The canonical dtype instance: predict's fast path tests identity.
+        self._dtype = np.dtype(bias.dtype.type)
         self._weight_dtype = weight.weight_dtype
         self._backend = _backend.active()
         low_precision = weight.weight_dtype in LOW_PRECISION

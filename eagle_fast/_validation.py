@@ -88,7 +88,9 @@ def resolve_dtype(arrays: dict[str, np.ndarray], dtype: Optional[Any]) -> np.dty
             raise TypeError(f"dtype must be float32 or float64, got {resolved}")
         return resolved
     # Byte order does not matter here: conversion to native order is free of loss.
-    float_kinds = {name: a.dtype.newbyteorder("=") for name, a in arrays.items()
+    # np.dtype(type) is NumPy's canonical instance: DraftHead.predict's fast
+    # path compares dtypes by identity.
+    float_kinds = {name: np.dtype(a.dtype.type) for name, a in arrays.items()
                    if a.dtype.kind == "f"}
     for name, found in float_kinds.items():
         if found not in FLOAT_DTYPES:

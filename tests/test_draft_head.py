@@ -520,6 +520,20 @@ def test_float32_weights_stay_float32():
     assert head.projection_weight.dtype == np.float32
 
 
+@pytest.mark.parametrize("weight_dtype", [None, "float32", "float64", "bfloat16"])
+def test_head_dtype_is_numpy_canonical_instance(weight_dtype):
+    # predict's fast path tests ``hidden.dtype is head.dtype``: a head built
+    # from arrays of an equal but distinct dtype instance (byte-order-normalised
+    # ones are) must still hold NumPy's own instance, or every call takes the
+    # slow path (it once cost 1.4 us of a 1.5 us call).
+    rng = np.random.default_rng(45)
+    for dtype in DTYPES:
+        other_instance = np.dtype(dtype).newbyteorder("=")
+        weights = [a.astype(other_instance) for a in random_head(rng, 6, 4, 9, dtype)]
+        head = DraftHead(*weights, weight_dtype=weight_dtype)
+        assert head.dtype is np.dtype(head.dtype.type)
+
+
 def test_hidden_is_cast_to_the_head_dtype():
     rng = np.random.default_rng(41)
     for dtype in DTYPES:
