@@ -14,11 +14,17 @@
 # gives bit-identical results to the same states one by one, and equal rows
 # give equal logits.
 # Register blocking: one state uses 4 rows spread over the chunk (4 long read
-# streams per thread); a batch uses 3 rows x 4 states per step over blocks of
-# ROW_BLOCK rows, so each weight row is read from memory once for all states
-# (with many states, in column blocks that keep 4 states' slice in L1).
+# streams per thread; 8 for int8); a batch uses 3 rows x 4 states per step over
+# blocks of ROW_BLOCK rows, so each weight row is read from memory once for all
+# states (with many states, in column blocks that keep 4 states' slice in L1).
 #
-# Callers (eagle_fast._head) pass validated, C-contiguous arrays of one dtype;
+# Storage: W and L are float32/float64 (the compute dtype) or, with float32
+# compute, bfloat16 / float16 / int8 (per-row scales), converted exactly to
+# float32 in registers as they are loaded -- the arithmetic stays that of the
+# float32 kernel on the dequantized weights.  A head may be residual (Medusa:
+# x = h + SiLU(W h + b)); forward_heads runs several heads in one call.
+#
+# Callers (eagle_fast._head, _medusa) pass validated, C-contiguous arrays;
 # outputs are allocated here through NumPy's C API, which keeps a small call
 # down to about a microsecond.
 
