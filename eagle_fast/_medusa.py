@@ -89,6 +89,10 @@ class MedusaHeads:
     def __iter__(self) -> Iterator[DraftHead]:
         return iter(self._heads)
 
+    def __reduce__(self) -> tuple:
+        # Pickles as its heads (each as its stored weights).
+        return (MedusaHeads, (self._heads,))
+
     def __repr__(self) -> str:
         first = self._heads[0]
         return (f"MedusaHeads(num_heads={self.num_heads}, d_model={self.d_model}, "

@@ -109,6 +109,17 @@ def test_medusa_large_top_k_and_mixed_storage():
         np.testing.assert_array_equal(result.tokens[i], head.predict(hidden, top_k=100).tokens)
 
 
+def test_medusa_pickles():
+    rng = np.random.default_rng(13)
+    medusa = MedusaHeads([DraftHead(*w, residual=True, weight_dtype="bfloat16")
+                          for w in medusa_weights(rng, 2, 7, 30)])
+    copy = pickle.loads(pickle.dumps(medusa))
+    hidden = rng.standard_normal((3, 7))
+    np.testing.assert_array_equal(copy.predict(hidden, top_k=3).tokens,
+                                  medusa.predict(hidden, top_k=3).tokens)
+    assert copy.weight_dtype == "bfloat16"
+
+
 def test_medusa_rejects_bad_heads_and_arguments():
     rng = np.random.default_rng(6)
     w = medusa_weights(rng, 2, 8, 30)
