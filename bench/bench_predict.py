@@ -249,12 +249,7 @@ class HeadKind:
 class AccuracyRow:
     head_kind: str
     weight_dtype: str
-    n_states: int
-    k: int
-    top1_agreement: float
-    topk_overlap: float
-    max_abs_confidence_delta: float
-    mean_kl: float
+    comparison: eagle_fast.Comparison   # against the float32 head
 
 
 @dataclass
@@ -811,7 +806,7 @@ def accuracy_kind(kind: str, description: str, heads: dict[str, eagle_fast.Draft
         other = heads[weight_dtype] if weight_dtype in heads else reference.to(weight_dtype)
         comparison = eagle_fast.compare(reference, other, hidden, top_k=ACCURACY_TOP_K,
                                         temperature=TEMPERATURE)
-        rows.append(AccuracyRow(kind, weight_dtype, **asdict(comparison)))
+        rows.append(AccuracyRow(kind, weight_dtype, comparison))
         del other
     return info, rows
 
@@ -861,9 +856,10 @@ def print_accuracy(result: AccuracyResult, elapsed_s: float) -> None:
     print(f"  {'head':7s} {'weights':>8s} {'top-1 agree':>12s} "
           f"{f'top-{ACCURACY_TOP_K} overlap':>14s} {'max|dconf|':>11s} {'mean KL':>10s}")
     for row in result.rows:
-        print(f"  {row.head_kind:7s} {row.weight_dtype:>8s} {100 * row.top1_agreement:11.2f}% "
-              f"{100 * row.topk_overlap:13.2f}% {row.max_abs_confidence_delta:11.2e} "
-              f"{row.mean_kl:10.2e}")
+        c = row.comparison
+        print(f"  {row.head_kind:7s} {row.weight_dtype:>8s} {100 * c.top1_agreement:11.2f}% "
+              f"{100 * c.topk_overlap:13.2f}% {c.max_abs_confidence_delta:11.2e} "
+              f"{c.mean_kl:10.2e}")
     print(flush=True)
 
 
