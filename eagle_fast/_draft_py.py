@@ -12,6 +12,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from ._storage import StoredMatrix
+
 # (n_bad, tokens, token_probs, logits or None, probs or None)
 ForwardResult = Tuple[int, np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]
 
@@ -42,15 +44,10 @@ def silu(v: np.ndarray) -> np.ndarray:
 
 def _as_compute(matrix: np.ndarray, weight_dtype: str,
                 scales: Optional[np.ndarray]) -> np.ndarray:
-    """A stored matrix as float32 values (native matrices unchanged)."""
-    if weight_dtype == "bfloat16":
-        return (matrix.astype(np.uint32) << 16).view(np.float32)
-    if weight_dtype == "float16":
-        return matrix.astype(np.float32)
-    if weight_dtype == "int8":
-        assert scales is not None
-        return matrix.astype(np.float32) * scales[:, None]
-    return matrix
+    """A stored matrix as the float values it stands for (native ones unchanged)."""
+    if weight_dtype == "native":
+        return matrix
+    return StoredMatrix(weight_dtype, matrix, scales).dequantize()
 
 
 class KernelHead:
