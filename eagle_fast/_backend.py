@@ -23,12 +23,30 @@ BACKENDS = ("compiled", "python")
 SIMD_LEVELS = ("x86-64-v3", "baseline")
 
 
+# Kernel modules beyond the draft head, by concern: (compiled module, its
+# fallback, whether the compiled module also has an x86-64-v3 build named
+# <module>_v3).  Module paths are relative to the eagle_fast package; each
+# fallback lives beside the kernel it replaces.
+KERNEL_MODULES: dict[str, tuple[str, str, bool]] = {
+}
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str  # "compiled" or "python"
     simd_level: str  # "x86-64-v3", "baseline" or "none" (python)
     draft: ModuleType  # KernelHead, max_threads(), OPENMP, SIMD, ...
     spec: ModuleType  # spec_forward()
+
+    def module(self, concern: str) -> ModuleType:
+        """This backend's kernel module for ``concern`` (a key of
+        :data:`KERNEL_MODULES`), imported on first use."""
+        compiled, fallback, has_v3 = KERNEL_MODULES[concern]
+        if self.name == "python":
+            return _import(fallback)
+        if has_v3 and self.simd_level == "x86-64-v3":
+            return _import(compiled + "_v3")
+        return _import(compiled)
 
 
 def _import(module: str) -> ModuleType:
