@@ -48,7 +48,7 @@ examples:
 # Bytes per weight of each storage type.
 _STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1}
 # Weights per block while building random weights (bounds the temporaries).
-_BLOCK_WEIGHTS = 1 << 21
+_BLOCK_WEIGHTS = 1 << 20
 # The calibration head that the demo's time estimate is scaled from.
 _CALIBRATION_WEIGHTS = 1 << 21
 # Python, NumPy and the package themselves, for the memory estimate.
@@ -105,6 +105,7 @@ def _random_head(d_model: int, d_proj: int, vocab: int, dtype: str, rng: np.rand
             block *= np.float32(scale)
             matrix[start:start + len(block)] = block
             done += block.size
+            del block  # before the next one is drawn
             if progress is not None:
                 progress(done / total)
     bias = (rng.standard_normal(d_proj, dtype=np.float32) * np.float32(0.1)).astype(dtype)
@@ -139,15 +140,15 @@ def _demo_memory(n_weights: int, n_bias: int, vocab: int, d_model: int, itemsize
     stored = _STORED_BYTES[weight_dtype] if weight_dtype else 0
     extra = n_weights * (stored + (8 if weight_dtype else 0) + 1)
     per_state = vocab * 6 * 8 + d_model * 8
-    return _BASE_BYTES + weights + extra + batch * per_state
+    return _BASE_BYTES + weights + _BLOCK_WEIGHTS * 4 + extra + batch * per_state
 
 
-def _calibrate(d_model: int, d_proj: int, dtype: str, weight_dtype: Optional[str],
-               backends: list[tuple[str, Optional[str]]]) -> float:
+def _calibrate(d_model: int, d_proj: int, vocab: int, dtype: str,
+               weight_dtype: Optional[str], backends: list[tuple[str, Optional[str]]]) -> float:
     """Seconds per weight to build the random weights and then a head on each
     of ``backends``, measured on a small head of the same dtypes."""
     d_model_c, d_proj_c = min(d_model, 256), min(d_proj, 256)
-    vocab_c = max(1, _CALIBRATION_WEIGHTS // d_proj_c)
+    vocab_c = max(1, min(vocab, _CALIBRATION_WEIGHTS // d_proj_c))
     n_c = d_proj_c * d_model_c + vocab_c * d_proj_c
     saved = _backend.active()
     start = time.perf_counter()
@@ -214,7 +215,7 @@ def demo(preset: str, dtype: str, weight_dtype: Optional[str], batch: int, top_k
     memory = _demo_memory(n_weights, d_proj, vocab, d_model, np.dtype(dtype).itemsize,
                           weight_dtype, batch)
     _check_memory(memory)
-    setup = _calibrate(d_model, d_proj, dtype, weight_dtype, backends) * n_weights
+    setup = _calibrate(d_model, d_proj, vocab, dtype, weight_dtype, backends) * n_weights
     print(f"cost: about {_bytes_text(memory)} of memory, {_seconds_text(setup)} to build "
           f"the random weights and a head per backend, then {_timing_text(seconds)}",
           flush=True)
