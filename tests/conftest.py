@@ -91,4 +91,11 @@ def pytest_report_header(config):
         f"eagle_fast default backend: {info['backend']} ({info['simd_level']}), "
         f"levels available: {info['simd_levels_available']}, openmp={info['openmp']}, "
         f"max_threads={info['max_threads']}",
-    ] + [f"eagle_fast import warning: {w.message}" for w in _import_warnings]
+    ] + _missing_kernels_lines()
+
+
+def _missing_kernels_lines() -> list[str]:
+    reason = _backend.missing_compiled_reason()
+    lines = [] if reason is None else [f"eagle_fast compiled kernels unavailable: {reason}"]
+    return lines + [f"eagle_fast import warning: {w.message}" for w in _import_warnings
+                    if reason is None or reason not in str(w.message)]
