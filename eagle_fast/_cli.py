@@ -130,12 +130,12 @@ def _available_memory() -> Optional[int]:
 
 def _demo_memory(n_weights: int, n_bias: int, vocab: int, d_model: int, itemsize: int,
                  weight_dtype: Optional[str], batch: int) -> int:
-    """Peak bytes of a preset demo: the random weights, plus the largest extra of
-    one head at a time (a low-precision copy; the fallback's float32 copy of
-    it; a 1-byte-per-weight finiteness check while a head is built), plus the
-    vocab-sized temporaries of a batch (NumPy's and the fallback's logits and
-    softmax, up to float64).  The fallback's copy takes twice its size while
-    it is dequantized."""
+    """Peak bytes of a preset demo: the random weights (and the block being
+    drawn); the extra of the one head alive at a time -- its low-precision
+    copy, the fallback's float32 copy of that (8 bytes per weight while it is
+    dequantized), a 1-byte finiteness mask while a head is checked; and per
+    hidden state the vocab-sized logits and softmax temporaries of NumPy and
+    of the fallback (float64)."""
     weights = (n_weights + n_bias) * itemsize
     stored = _STORED_BYTES[weight_dtype] if weight_dtype else 0
     extra = n_weights * (stored + (8 if weight_dtype else 0) + 1)

@@ -424,3 +424,29 @@ def test_demo_memory_estimate_covers_what_it_allocates(capsys, monkeypatch, weig
     assert peak <= estimate, (peak, estimate)
     assert estimate <= 2.5 * peak, (peak, estimate)  # an estimate, not a wild guess
     assert "cost: about" in capsys.readouterr().out
+
+
+def test_demo_on_medusa_and_d2t_checkpoints_compares_with_numpy(tmp_path, capsys):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    rng = np.random.default_rng(3)
+    d, vocab = 24, 60
+    tensors = {}
+    for i in range(3):
+        tensors[f"{i}.0.linear.weight"] = (rng.standard_normal((d, d)) / 5).astype(np.float32)
+        tensors[f"{i}.0.linear.bias"] = (rng.standard_normal(d) * 0.1).astype(np.float32)
+        tensors[f"{i}.1.weight"] = rng.standard_normal((vocab, d)).astype(np.float32)
+    safetensors_numpy.save_file(tensors, str(tmp_path / "medusa.safetensors"))
+    d2t = np.arange(20) * 2  # draft token i is target token 3 i
+    eagle_fast.DraftHead(rng.standard_normal((8, 16)), rng.standard_normal(8),
+                         rng.standard_normal((20, 8)) * 3, d2t=d2t, target_vocab_size=64,
+                         weight_dtype="bfloat16").save(tmp_path / "d2t.safetensors")
+    for name in ("medusa", "d2t"):
+        assert _cli.main(["demo", "--checkpoint", str(tmp_path / f"{name}.safetensors"),
+                          "--batch", "2", "--top-k", "3", "--seconds", "0.01"]) == 0
+        out = capsys.readouterr().out
+        rows = parse_table(out)
+        assert list(rows)[0] == "NumPy by hand" and len(rows) >= 3, out
+        numpy_line = next(line for line in out.splitlines() if line.startswith("NumPy"))
+        assert numpy_line.endswith("yes"), out  # NumPy by hand finds the same tokens
+        assert "NO" not in out
+    assert "dequantized" in out  # the bfloat16 head: NumPy uses its dequantized weights
