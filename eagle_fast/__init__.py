@@ -11,12 +11,15 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 * :class:`MedusaHeads` -- several residual (Medusa) heads run in one call;
   ``DraftHead(..., d2t=...)`` maps an EAGLE-3 draft vocabulary to target ids.
 * ``DraftHead.save(path)`` / ``DraftHead.load(path)`` and
-  :func:`load_medusa` -- safetensors checkpoints (``pip install
-  "eagle-fast[safetensors]"``); bad files raise :class:`CheckpointError`.
-* :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
+  :func:`load_medusa` -- safetensors checkpoints (needs the ``safetensors``
+  package: ``pip install ".[safetensors]"`` from a checkout); bad files raise
+  :class:`CheckpointError`.
+* :func:`eagle_draft_from_hidden` -- the reference function whose semantics
+  the package follows (the README's "reference function"), bit-exact.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
-  Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback.
+  Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback;
+  without its compiled kernels the package warns at import and says why.
 """
 
 from __future__ import annotations
