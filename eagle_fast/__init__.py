@@ -11,8 +11,8 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 * :class:`MedusaHeads` -- several residual (Medusa) heads run in one call;
   ``DraftHead(..., d2t=...)`` maps an EAGLE-3 draft vocabulary to target ids.
 * ``DraftHead.save(path)`` / ``DraftHead.load(path)`` and
-  :func:`load_medusa` -- safetensors checkpoints (``pip install
-  "eagle-fast[safetensors]"``); bad files raise :class:`CheckpointError`.
+  :func:`load_medusa` -- safetensors checkpoints (no extra package needed);
+  bad files raise :class:`CheckpointError`.
 * :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.

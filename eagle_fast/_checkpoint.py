@@ -313,7 +313,7 @@ def _to_compute(bias: np.ndarray, dtype: type) -> np.ndarray:
     """A Medusa bias in its head's compute dtype; ValueError (no overflow
     warning) when its values do not fit."""
     with np.errstate(over="ignore", invalid="ignore"):
-        converted = bias.astype(dtype)
+        converted: np.ndarray = bias.astype(dtype)
     if not np.isfinite(converted).all() and np.isfinite(bias).all():
         raise ValueError(f"projection_bias holds values too large for {np.dtype(dtype)}")
     return converted

@@ -33,6 +33,7 @@ writes the link's target.  Failures are ``OSError`` naming the caller's path.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -130,7 +131,7 @@ class SafetensorsFile:
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
         try:
-            self._file: IO[bytes] = open(self.path, "rb")
+            self._file: io.BufferedReader = open(self.path, "rb")
         except OSError as exc:
             raise CheckpointError(f"{self.path}: cannot read: {exc.strerror or exc}") from exc
         try:
@@ -159,7 +160,7 @@ class SafetensorsFile:
 
     def _read_one(self, name: str, info: TensorInfo) -> np.ndarray:
         buffer = np.empty(info.nbytes, dtype=np.uint8)
-        view = memoryview(buffer)
+        view = buffer.data
         done = 0
         try:
             self._file.seek(info.start)
@@ -392,7 +393,7 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, np.ndarray],
         f.write(text)
         for _, _, little in entries:
             if little.nbytes:
-                f.write(memoryview(little.reshape(-1).view(np.uint8)))
+                f.write(little.reshape(-1).view(np.uint8).data)
 
     replace_atomically(path, write)
 
