@@ -12,7 +12,8 @@ offsets -- from that one handle, so a file replaced while it is read (an
 atomic save by another process) is read whole, old or new, never a mix.  The
 header is untrusted input and is bounded before it is parsed: its size
 (``MAX_HEADER_BYTES``), its JSON nesting (``MAX_NESTING``, scanned without
-recursion) and its number of entries (``MAX_TENSORS``); JSON integers longer
+recursion), its number of entries (``MAX_TENSORS``) and of values in all
+(``MAX_VALUES``: parsing stays within a few hundred MB of memory); JSON integers longer
 than 20 digits, duplicate keys and NaN/Infinity are refused while parsing.
 Then every entry is checked: known dtype, at most ``MAX_NDIM`` dimensions,
 sizes that agree with the shape, offsets inside the file, tensors tiling the
@@ -33,6 +34,7 @@ writes the link's target.  Failures are ``OSError`` naming the caller's path.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -54,6 +56,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 MAX_HEADER_BYTES = 100_000_000
 MAX_NESTING = 16
 MAX_TENSORS = 100_000
+MAX_VALUES = 2 << 20  # strings + commas: a tensor entry has about 10
 MAX_NDIM = 32
 _MAX_INT_DIGITS = 20  # 2**64 has 20 digits
 _MAX_BYTES = 2**63 - 1  # of a tensor's shape product, as NumPy allows
@@ -223,34 +226,46 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}"')
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'[]{}",')
 
 
-def _scan_nesting(raw: bytes) -> tuple[int, int]:
-    """(deepest nesting, objects at the second level) of JSON text ``raw``,
-    counted without parsing it: escaped backslashes and quotes dropped, then
-    only quotes and brackets kept; a bracket is structural when an even
-    number of quotes precede it.  In chunks, so memory stays small."""
+@dataclass
+class _Shape:
+    """What a scan of JSON text finds without parsing it."""
+
+    deepest: int = 0  # nesting
+    entries: int = 0  # objects at the second level (tensor entries, __metadata__)
+    values: int = 0  # upper bound on the number of values: strings + commas + 1
+
+
+def _scan_json(raw: bytes) -> _Shape:
+    """Escaped backslashes and quotes dropped, then only quotes, brackets and
+    commas kept; those preceded by an even number of quotes are structural.
+    In chunks, so memory stays small; stops once a bound is exceeded."""
     if b"\\" in raw:
         raw = raw.replace(b"\\\\", b"").replace(b'\\"', b"")
     kept = np.frombuffer(raw.translate(None, _NOT_STRUCTURAL), dtype=np.uint8)
-    deepest, entries, depth, quotes = 0, 0, 0, 0
+    found, depth, quotes, commas = _Shape(), 0, 0, 0
     for start in range(0, kept.size, _SCAN_CHUNK):
         chunk = kept[start:start + _SCAN_CHUNK]
         quote = chunk == ord('"')
         seen = quotes + np.cumsum(quote, dtype=np.int64)
         quotes = int(seen[-1])
-        brackets = chunk[~quote & (seen % 2 == 0)]
-        if not brackets.size:
-            continue
-        opening = (brackets == ord("{")) | (brackets == ord("["))
-        depths = depth + np.cumsum(np.where(opening, 1, -1), dtype=np.int64)
-        deepest = max(deepest, int(depths.max()))
-        entries += int(np.count_nonzero((brackets == ord("{")) & (depths == 2)))
-        depth = int(depths[-1])
-        if deepest > MAX_NESTING or entries > MAX_TENSORS + 1:
+        outside = chunk[~quote & (seen % 2 == 0)]
+        comma = outside == ord(",")
+        commas += int(np.count_nonzero(comma))
+        brackets = outside[~comma]
+        found.values = quotes // 2 + commas + 1
+        if brackets.size:
+            opening = (brackets == ord("{")) | (brackets == ord("["))
+            depths = depth + np.cumsum(np.where(opening, 1, -1), dtype=np.int64)
+            found.deepest = max(found.deepest, int(depths.max()))
+            found.entries += int(np.count_nonzero((brackets == ord("{")) & (depths == 2)))
+            depth = int(depths[-1])
+        if found.deepest > MAX_NESTING or found.entries > MAX_TENSORS + 1 or \
+                found.values > MAX_VALUES:
             break
-    return deepest, entries
+    return found
 
 
 def _is_int_list(value: Any) -> bool:
@@ -280,12 +295,15 @@ def _read_header(path: Path, f: IO[bytes]) -> Header:
     if len(raw) != header_bytes:
         raise fail("truncated while reading the header")
 
-    deepest, entries = _scan_nesting(raw)
-    if deepest > MAX_NESTING:
+    found = _scan_json(raw)
+    if found.deepest > MAX_NESTING:
         raise fail(f"corrupted header: JSON nested more than {MAX_NESTING} levels deep "
                    "(a safetensors header nests 3)")
-    if entries > MAX_TENSORS + 1:
+    if found.entries > MAX_TENSORS + 1:
         raise fail(f"corrupted header: more than {MAX_TENSORS} tensors")
+    if found.values > MAX_VALUES:
+        raise fail(f"corrupted header: more than {MAX_VALUES} JSON values "
+                   f"(strings, numbers, lists and objects)")
     try:
         parsed = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys,
                             parse_int=_bounded_int, parse_constant=_no_constant)
@@ -402,7 +420,8 @@ def replace_atomically(path: PathLike, write: Any) -> None:
     """Call ``write(f)`` on a new temporary file beside ``path``'s target (a
     symbolic link is followed), flush it to disk and rename it over the
     target.  The file gets ``open()``'s mode (0o666 less the umask), or the
-    mode of the file it replaces.  OSError names ``path``."""
+    mode of the file it replaces; an existing target that is not a regular
+    file (a folder, a device, a pipe) is left alone.  OSError names ``path``."""
     shown = os.fspath(path)
     try:
         target = os.path.realpath(shown)
@@ -411,6 +430,10 @@ def replace_atomically(path: PathLike, write: Any) -> None:
             existing = os.stat(target)
         except FileNotFoundError:
             existing = None
+        if existing is not None and not stat.S_ISREG(existing.st_mode):
+            # Never replace a folder, device or pipe by a checkpoint.
+            code = errno.EISDIR if stat.S_ISDIR(existing.st_mode) else errno.EEXIST
+            raise OSError(code, "not a regular file", target)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | \
             getattr(os, "O_BINARY", 0)
         for attempt in range(100):
@@ -425,7 +448,7 @@ def replace_atomically(path: PathLike, write: Any) -> None:
         raise _naming(exc, shown) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            if existing is not None and stat.S_ISREG(existing.st_mode):
+            if existing is not None:
                 mode = stat.S_IMODE(existing.st_mode)
                 if hasattr(os, "fchmod"):
                     os.fchmod(f.fileno(), mode)

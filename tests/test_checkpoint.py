@@ -8,10 +8,15 @@ the weights as decoded here.
 
 from __future__ import annotations
 
+import builtins
+import errno
 import json
+import os
 import re
+import stat
 import struct
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -644,7 +649,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from eagle_fast._safetensors import (  # noqa: E402
-    MAX_TENSORS, read_safetensors, write_safetensors,
+    MAX_TENSORS, MAX_VALUES, read_safetensors, write_safetensors,
 )
 
 _NUMPY_KINDS = ["bool", "uint8", "int8", "int16", "uint16", "float16", "int32", "uint32",
@@ -761,8 +766,6 @@ def _load_kind(path, kind):
 def test_a_file_replaced_during_a_load_is_read_whole(tmp_path, monkeypatch, kind):
     """Another process atomically replaces the file right after the load opens
     it: the load must read the file it opened, through that one handle."""
-    import builtins
-    import os
 
     path, other = tmp_path / "ckpt.safetensors", tmp_path / "other.safetensors"
     _write_kind(path, kind, seed=41)
@@ -798,6 +801,41 @@ def test_a_file_replaced_during_a_load_is_read_whole(tmp_path, monkeypatch, kind
     assert got == expected
 
 
+@backend_independent
+@pytest.mark.parametrize("kind", ["head-bfloat16", "medusa-BF16"])
+def test_loads_while_another_thread_keeps_replacing_the_file(tmp_path, kind):
+    """Every load sees one whole file, old or new, however the saves interleave."""
+
+    path = tmp_path / "ckpt.safetensors"
+    versions = []
+    for seed in (52, 53):
+        _write_kind(tmp_path / f"v{seed}.safetensors", kind, seed)
+        versions.append((tmp_path / f"v{seed}.safetensors").read_bytes())
+    path.write_bytes(versions[0])
+    expected = []
+    for data in versions:
+        path.write_bytes(data)
+        expected.append(_load_kind(path, kind))
+    stop = threading.Event()
+
+    def keep_replacing():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            temporary = tmp_path / f"swap{i}.tmp"
+            temporary.write_bytes(versions[i % 2])
+            os.replace(temporary, path)
+
+    swapper = threading.Thread(target=keep_replacing)
+    swapper.start()
+    try:
+        for _ in range(40):
+            assert _load_kind(path, kind) in expected
+    finally:
+        stop.set()
+        swapper.join()
+
+
 # -- saving (issue 9, items 3 and 5) -----------------------------------------------------------
 
 
@@ -808,7 +846,6 @@ def _small_heads(n):
 
 @backend_independent
 def test_threads_saving_to_one_path(tmp_path):
-    import threading
 
     heads = _small_heads(4)
     path = tmp_path / "head.safetensors"
@@ -837,8 +874,6 @@ def test_threads_saving_to_one_path(tmp_path):
 @backend_independent
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o002, 0o027, 0o000])
 def test_a_new_file_gets_the_mode_open_gives(tmp_path, umask):
-    import os
-    import stat
 
     head = _small_heads(1)[0]
     previous = os.umask(umask)
@@ -855,8 +890,6 @@ def test_a_new_file_gets_the_mode_open_gives(tmp_path, umask):
 @backend_independent
 @pytest.mark.parametrize("mode", [0o644, 0o600, 0o640, 0o604, 0o444, 0o755])
 def test_saving_keeps_the_mode_of_the_file_it_replaces(tmp_path, mode):
-    import os
-    import stat
 
     path = tmp_path / "head.safetensors"
     path.write_bytes(b"old")
@@ -873,7 +906,6 @@ def test_saving_keeps_the_mode_of_the_file_it_replaces(tmp_path, mode):
 @backend_independent
 @pytest.mark.parametrize("layout", ["absolute", "relative", "chain", "dangling"])
 def test_saving_through_a_symlink_writes_its_target(tmp_path, layout):
-    import os
 
     (tmp_path / "models").mkdir()
     (tmp_path / "links").mkdir()
@@ -899,10 +931,8 @@ def test_saving_through_a_symlink_writes_its_target(tmp_path, layout):
 
 @backend_independent
 @pytest.mark.parametrize("case", ["missing folder", "folder is a file", "path is a folder",
-                                  "read-only folder"])
+                                  "path is a pipe", "link to a folder", "read-only folder"])
 def test_save_errors_are_os_errors_naming_the_path(tmp_path, case):
-    import errno
-    import os
 
     if case == "missing folder":
         path, code = tmp_path / "nowhere" / "head.safetensors", errno.ENOENT
@@ -913,6 +943,13 @@ def test_save_errors_are_os_errors_naming_the_path(tmp_path, case):
         path, code = tmp_path / "head.safetensors", errno.EISDIR
         path.mkdir()
         (path / "keep").write_bytes(b"")
+    elif case == "path is a pipe":
+        path, code = tmp_path / "head.safetensors", errno.EEXIST
+        os.mkfifo(path)
+    elif case == "link to a folder":
+        (tmp_path / "folder").mkdir()
+        path, code = tmp_path / "head.safetensors", errno.EISDIR
+        path.symlink_to(tmp_path / "folder")
     else:
         if os.geteuid() == 0:
             pytest.skip("root writes into read-only folders")
@@ -927,6 +964,8 @@ def test_save_errors_are_os_errors_naming_the_path(tmp_path, case):
     assert type(info.value).__module__ == "builtins"  # not safetensors' own error type
     leftovers = [p.name for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
+    if case in ("path is a pipe", "link to a folder"):
+        assert os.path.lexists(path) and not os.path.isfile(path)
 
 
 # -- hostile headers (issue 9, item 4) ---------------------------------------------------------
@@ -1016,12 +1055,30 @@ def test_too_many_tensors(tmp_path, monkeypatch, count):
     path = write_header(tmp_path / "many.safetensors",
                         ('{"__metadata__":{},' + entries + "}").encode())
     if count > MAX_TENSORS + 1:  # refused before the JSON is parsed
-        import json as json_module
 
-        monkeypatch.setattr(json_module, "loads", lambda *a, **k: pytest.fail("parsed"))
+        monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
     for load in (DraftHead.load, load_medusa, read_safetensors):
         with pytest.raises(CheckpointError, match=r"many\.safetensors: .*more than "
                                                   rf"{MAX_TENSORS} tensors"):
+            load(path)
+
+
+@backend_independent
+@pytest.mark.parametrize("kind", ["long shape", "many metadata entries", "long metadata list"])
+def test_too_many_json_values_fail_before_parsing(tmp_path, monkeypatch, kind):
+    n = MAX_VALUES + 10
+    if kind == "long shape":
+        text = '{"x":{"dtype":"F32","shape":[' + "0," * n + '0],"data_offsets":[0,0]}}'
+    elif kind == "many metadata entries":
+        text = '{"__metadata__":{' + ",".join(f'"{i}":""' for i in range(n // 3)) + "}}"
+    else:
+        text = '{"__metadata__":{"a":[' + '"",' * (n // 2) + '""]}}'
+    path = write_header(tmp_path / "values.safetensors", text.encode())
+
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    for load in (DraftHead.load, load_medusa, read_safetensors):
+        with pytest.raises(CheckpointError, match=r"values\.safetensors: corrupted header: "
+                                                  rf"more than {MAX_VALUES} JSON values"):
             load(path)
 
 
