@@ -51,8 +51,8 @@ import numpy as np
 
 from ._head import DraftHead
 from ._medusa import MedusaHeads
-from ._safetensors import (CheckpointError, Header, SafetensorsFile,
-                           read_header, write_safetensors)
+from ._safetensors import (CheckpointError, Header, SafetensorsFile, read_header, shown,
+                           write_safetensors)
 from ._storage import WEIGHT_DTYPES, decode_bfloat16, resolve_weight_dtype
 from ._validation import MAX_VOCAB_SIZE
 
@@ -135,19 +135,27 @@ def _metadata_int(header: Header, name: str, minimum: int = 1,
     if not (text.isascii() and text.isdigit() and len(text) <= 18
             and minimum <= int(text) <= maximum):
         raise header.error(f"metadata {name} must be an integer in [{minimum}, {maximum}], "
-                           f"got {text[:40]!r}" + ("..." if len(text) > 40 else ""))
+                           f"got {shown(text, 40)}")
     return int(text)
+
+
+def _listing(names: list[str], quote: bool = True, limit: int = 6) -> str:
+    """Some of ``names``, then how many there are in all."""
+    parts = [shown(n) if quote else n for n in names[:limit]]
+    if len(names) > limit:
+        parts.append(f"... ({len(names)} in all)")
+    return ", ".join(parts)
 
 
 def _check_keys(header: Header, expected: set[str], what: str) -> None:
     present = set(header.tensors)
     missing, extra = sorted(expected - present), sorted(present - expected)
     if missing:
-        raise header.error(f"missing tensor(s) {', '.join(map(repr, missing))} "
+        raise header.error(f"missing tensor(s) {_listing(missing)} "
                            f"for {what}")
     if extra:
-        raise header.error(f"unexpected tensor(s) {', '.join(map(repr, extra))} "
-                           f"in {what} (it holds {', '.join(sorted(expected))})")
+        raise header.error(f"unexpected tensor(s) {_listing(extra)} "
+                           f"in {what} (it holds {_listing(sorted(expected), quote=False)})")
 
 
 def _check_tensor(header: Header, key: str, dtypes: tuple[str, ...],
@@ -170,24 +178,24 @@ def plan_head(header: Header) -> HeadPlan:
             raise header.error("this is a Medusa checkpoint, not a single draft head: "
                                "load it with eagle_fast.load_medusa")
         found = "no format metadata" if "format" not in meta else \
-            f"metadata format {meta['format']!r}"
+            f"metadata format {shown(meta['format'])}"
         raise header.error(f"not an eagle_fast draft head checkpoint ({found}; "
                            f"expected format {FORMAT!r})")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
-        raise header.error(f"unsupported format_version {version!r}: this eagle_fast "
+        raise header.error(f"unsupported format_version {shown(version or '')}: this eagle_fast "
                            f"reads version {FORMAT_VERSION!r} (a newer eagle_fast wrote it?)")
     weight_dtype = meta.get("weight_dtype", "")
     if weight_dtype not in WEIGHT_DTYPES:
         raise header.error(f"metadata weight_dtype must be one of "
-                           f"{', '.join(WEIGHT_DTYPES)}, got {weight_dtype!r}")
+                           f"{', '.join(WEIGHT_DTYPES)}, got {shown(weight_dtype)}")
     if meta.get("activation") != "silu":
-        raise header.error(f"unsupported activation {meta.get('activation')!r} "
+        raise header.error(f"unsupported activation {shown(meta.get('activation', ''))} "
                            "(eagle_fast heads use 'silu')")
     residual_text = meta.get("residual")
     if residual_text not in ("true", "false"):
         raise header.error(f"metadata residual must be 'true' or 'false', "
-                           f"got {residual_text!r}")
+                           f"got {shown(residual_text or '')}")
     residual = residual_text == "true"
     d_model = _metadata_int(header, "d_model")
     d_proj = _metadata_int(header, "d_proj")
@@ -263,7 +271,7 @@ def plan_medusa(header: Header) -> list[HeadPlan]:
     deeper = sorted(k for k in header.tensors if _MEDUSA_DEEPER.fullmatch(k))
     if deeper:
         raise header.error(f"Medusa heads with more than one residual block "
-                           f"(medusa_num_layers > 1, e.g. {deeper[0]!r}) are not supported")
+                           f"(medusa_num_layers > 1, e.g. {shown(deeper[0])}) are not supported")
     count = _medusa_heads_in(header)
     if count == 0:
         raise header.error("not a Medusa checkpoint: no tensors named like "

@@ -123,6 +123,13 @@ class Header:
         return CheckpointError(f"{self.path}: {message}")
 
 
+def shown(text: str, limit: int = 100) -> str:
+    """``repr(text)``, cut short (a hostile file's names can be megabytes long)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 # -- reading -----------------------------------------------------------------------
 
 
@@ -158,7 +165,7 @@ class SafetensorsFile:
         wanted = list(tensors) if names is None else list(names)
         unknown = [name for name in wanted if name not in tensors]
         if unknown:
-            raise self.header.error(f"no tensor named {unknown[0]!r} in the file")
+            raise self.header.error(f"no tensor named {shown(unknown[0])} in the file")
         return {name: self._read_one(name, tensors[name]) for name in wanted}
 
     def _read_one(self, name: str, info: TensorInfo) -> np.ndarray:
@@ -173,12 +180,12 @@ class SafetensorsFile:
                     break
                 done += got
         except OSError as exc:
-            raise self.header.error(f"cannot read tensor {name!r}: "
+            raise self.header.error(f"cannot read tensor {shown(name)}: "
                                     f"{exc.strerror or exc}") from exc
         if done != info.nbytes:
-            raise self.header.error(f"truncated while reading tensor {name!r}")
+            raise self.header.error(f"truncated while reading tensor {shown(name)}")
         if info.dtype == "BOOL" and (buffer > 1).any():
-            raise self.header.error(f"tensor {name!r} (BOOL) holds bytes other than 0 and 1")
+            raise self.header.error(f"tensor {shown(name)} (BOOL) holds bytes other than 0 and 1")
         little = READ_DTYPES[info.dtype]
         array = buffer.view(little).reshape(info.shape)
         native = little.newbyteorder("=")
@@ -331,26 +338,26 @@ def _read_header(path: Path, f: IO[bytes]) -> Header:
                 and _is_int_list(entry.get("shape"))
                 and _is_int_list(entry.get("data_offsets"))
                 and len(entry["data_offsets"]) == 2):
-            raise fail(f"corrupted header: tensor {name[:200]!r} needs a dtype, a shape "
+            raise fail(f"corrupted header: tensor {shown(name)} needs a dtype, a shape "
                        f"and two data_offsets, got {str(entry)[:200]}")
         dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in DTYPE_SIZES:
-            raise fail(f"tensor {name!r} has unknown dtype {dtype[:50]!r}")
+            raise fail(f"tensor {shown(name)} has unknown dtype {shown(dtype, 20)}")
         if len(shape) > MAX_NDIM:
-            raise fail(f"corrupted header: tensor {name!r} has {len(shape)} dimensions "
+            raise fail(f"corrupted header: tensor {shown(name)} has {len(shape)} dimensions "
                        f"(at most {MAX_NDIM})")
         if min(shape, default=0) < 0 or not 0 <= begin <= end:
-            raise fail(f"corrupted header: tensor {name!r} has negative sizes or "
+            raise fail(f"corrupted header: tensor {shown(name)} has negative sizes or "
                        f"offsets (shape {shape}, data_offsets {[begin, end]})")
         if math.prod(max(n, 1) for n in shape) * DTYPE_SIZES[dtype] > _MAX_BYTES:
-            raise fail(f"corrupted header: tensor {name!r} has an impossible shape {shape}")
+            raise fail(f"corrupted header: tensor {shown(name)} has an impossible shape {shape}")
         expected = math.prod(shape) * DTYPE_SIZES[dtype]
         if end - begin != expected:
-            raise fail(f"corrupted header: tensor {name!r} ({dtype}, shape {shape}) "
+            raise fail(f"corrupted header: tensor {shown(name)} ({dtype}, shape {shape}) "
                        f"needs {expected} bytes, its data_offsets {[begin, end]} "
                        f"span {end - begin}")
         if end > data_bytes:
-            raise fail(f"truncated: tensor {name!r} ends at byte {data_start + end}, "
+            raise fail(f"truncated: tensor {shown(name)} ends at byte {data_start + end}, "
                        f"the file has {file_bytes} bytes")
         tensors[name] = TensorInfo(dtype, tuple(shape), data_start + begin, data_start + end)
 
@@ -358,7 +365,7 @@ def _read_header(path: Path, f: IO[bytes]) -> Header:
     position = data_start
     for name, info in sorted(tensors.items(), key=lambda item: (item[1].start, item[1].stop)):
         if info.start != position:
-            raise fail(f"corrupted header: tensor {name!r} starts at byte {info.start}, "
+            raise fail(f"corrupted header: tensor {shown(name)} starts at byte {info.start}, "
                        f"expected {position} (overlapping or missing data)")
         position = info.stop
     if position != file_bytes:

@@ -1127,6 +1127,34 @@ def test_medusa_head_index_of_thousands_of_digits(tmp_path):
         load_medusa(path)
 
 
+@backend_independent
+@pytest.mark.parametrize("case", ["long name", "long dtype", "many extra tensors",
+                                  "long format", "long weight_dtype", "long medusa name"])
+def test_error_messages_stay_short(tmp_path, case):
+    long = "n" * 1_000_000
+    path = tmp_path / "h.safetensors"
+    load = DraftHead.load
+    if case == "long name":
+        write_header(path, {long: {"dtype": "X", "shape": [0], "data_offsets": [0, 0]}})
+    elif case == "long dtype":
+        write_header(path, {"x": {"dtype": long, "shape": [0], "data_offsets": [0, 0]}})
+    elif case == "many extra tensors":
+        tensors = own_tensors(np.random.default_rng(54))
+        tensors.update({f"extra.{i}": np.zeros(0, np.float32) for i in range(5000)})
+        write_own(path, tensors)
+    elif case == "long medusa name":
+        tensors, _ = medusa_tensors(medusa_floats(np.random.default_rng(55), 1), "F32")
+        tensors["0." + "1" * 100_000 + ".linear.weight"] = tensors["0.0.linear.weight"]
+        write_raw(path, tensors)
+        load = load_medusa
+    else:
+        field = case.split()[1]
+        write_own(path, own_tensors(np.random.default_rng(54)), **{field: long})
+    with pytest.raises(CheckpointError) as info:
+        load(path)
+    assert str(info.value).startswith(str(path)) and len(str(info.value)) < 1000
+
+
 BAD_INTEGERS = ["9" * 5000, "9" * 19, "99999999999", "-3", "0", "1.5", "1e3", "", " 16",
                 "16 ", "0x10", "١٦", "+16", "16\n"]
 
