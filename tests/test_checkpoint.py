@@ -1155,6 +1155,51 @@ def test_error_messages_stay_short(tmp_path, case):
     assert str(info.value).startswith(str(path)) and len(str(info.value)) < 1000
 
 
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory):
+    """The bytes of small valid checkpoints: our format in every weight dtype
+    (with d2t), and a Medusa file."""
+    folder = tmp_path_factory.mktemp("valid")
+    rng = np.random.default_rng(56)
+    files = {}
+    for weight_dtype in WEIGHT_DTYPES:
+        DraftHead(*random_head(rng, 6, 8, 10), weight_dtype=weight_dtype,
+                  d2t=np.arange(10) * 2, target_vocab_size=30).save(folder / "h")
+        files[weight_dtype] = (folder / "h").read_bytes()
+    write_raw(folder / "m", medusa_tensors(medusa_floats(rng, 2, d_model=6, vocab=9), "F16")[0])
+    files["medusa"] = (folder / "m").read_bytes()
+    return files
+
+
+@backend_independent
+@pytest.mark.filterwarnings("error")
+@settings(max_examples=80)
+@given(data=st.data())
+def test_mutated_checkpoints_load_or_raise_checkpoint_error(tmp_path_factory, checkpoint_bytes,
+                                                            data):
+    kind = data.draw(st.sampled_from(sorted(checkpoint_bytes)))
+    raw = bytearray(checkpoint_bytes[kind])
+    (n,) = struct.unpack("<Q", raw[:8])
+    how = data.draw(st.sampled_from(["byte", "header char", "truncate", "insert"]))
+    if how == "byte":
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    elif how == "header char":
+        raw[8 + data.draw(st.integers(0, n - 1))] = data.draw(st.sampled_from(b'{}[]",:09-e. '))
+    elif how == "truncate":
+        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        at = data.draw(st.integers(0, len(raw)))
+        raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    path = tmp_path_factory.mktemp("mutated") / "x.safetensors"
+    path.write_bytes(bytes(raw))
+    for load in (DraftHead.load, load_medusa, lambda p: load_medusa(p, weight_dtype="int8"),
+                 eagle_fast._checkpoint.inspect_checkpoint, read_safetensors):
+        try:
+            load(path)
+        except CheckpointError as exc:
+            assert str(exc).startswith(str(path))
+
+
 BAD_INTEGERS = ["9" * 5000, "9" * 19, "99999999999", "-3", "0", "1.5", "1e3", "", " 16",
                 "16 ", "0x10", "١٦", "+16", "16\n"]
 
