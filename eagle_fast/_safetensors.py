@@ -28,8 +28,8 @@ tensors ordered by decreasing item size, then name, so each is aligned),
 writes a uniquely named temporary file in the target's folder, flushes it to
 disk and renames it over the target: an interrupted or concurrent save never
 leaves half a file.  The file gets the mode ``open()`` would give it (0o666
-less the umask, or an existing file's mode); a path that is a symbolic link
-writes the link's target.  Failures are ``OSError`` naming the caller's path.
+less the umask, or an existing file's permissions); a path that is a
+symbolic link writes the link's target.  Failures are ``OSError`` naming the caller's path.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping, Optional, Union
+from typing import IO, Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
 
@@ -423,15 +423,16 @@ def write_safetensors(path: PathLike, tensors: Mapping[str, np.ndarray],
     replace_atomically(path, write)
 
 
-def replace_atomically(path: PathLike, write: Any) -> None:
+def replace_atomically(path: PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(f)`` on a new temporary file beside ``path``'s target (a
     symbolic link is followed), flush it to disk and rename it over the
     target.  The file gets ``open()``'s mode (0o666 less the umask), or the
-    mode of the file it replaces; an existing target that is not a regular
-    file (a folder, a device, a pipe) is left alone.  OSError names ``path``."""
-    shown = os.fspath(path)
+    permissions (and, where allowed, the owner) of the file it replaces; an
+    existing target that is not a regular file (a folder, a device, a pipe)
+    is left alone.  OSError names ``path``."""
+    named = os.fspath(path)
     try:
-        target = os.path.realpath(shown)
+        target = os.path.realpath(named)
         folder, base = os.path.split(target)
         try:
             existing = os.stat(target)
@@ -452,15 +453,11 @@ def replace_atomically(path: PathLike, write: Any) -> None:
                 if attempt == 99:
                     raise
     except OSError as exc:
-        raise _naming(exc, shown) from exc
+        raise _naming(exc, named) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             if existing is not None:
-                mode = stat.S_IMODE(existing.st_mode)
-                if hasattr(os, "fchmod"):
-                    os.fchmod(f.fileno(), mode)
-                else:  # Windows
-                    os.chmod(temporary, mode)
+                _copy_owner_and_permissions(existing, f.fileno(), temporary)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -471,8 +468,22 @@ def replace_atomically(path: PathLike, write: Any) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise _naming(exc, shown) from exc
+            raise _naming(exc, named) from exc
         raise
+
+
+def _copy_owner_and_permissions(existing: os.stat_result, fd: int, name: str) -> None:
+    if hasattr(os, "fchown") and (existing.st_uid, existing.st_gid) != \
+            (os.fstat(fd).st_uid, os.fstat(fd).st_gid):
+        try:
+            os.fchown(fd, existing.st_uid, existing.st_gid)
+        except OSError:  # not allowed: the file is the writer's, as open() would make it
+            pass
+    mode = stat.S_IMODE(existing.st_mode) & 0o777  # no setuid/setgid/sticky bits
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # Windows
+        os.chmod(name, mode)
 
 
 def _naming(exc: OSError, path: str) -> OSError:

@@ -888,7 +888,7 @@ def test_a_new_file_gets_the_mode_open_gives(tmp_path, umask):
 
 
 @backend_independent
-@pytest.mark.parametrize("mode", [0o644, 0o600, 0o640, 0o604, 0o444, 0o755])
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o640, 0o604, 0o444, 0o755, 0o4755])
 def test_saving_keeps_the_mode_of_the_file_it_replaces(tmp_path, mode):
 
     path = tmp_path / "head.safetensors"
@@ -899,8 +899,20 @@ def test_saving_keeps_the_mode_of_the_file_it_replaces(tmp_path, mode):
         _small_heads(1)[0].save(path)
     finally:
         os.umask(previous)
-    assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode & 0o777  # never setuid
     assert DraftHead.load(path).d_model == 4
+
+
+@backend_independent
+def test_saving_keeps_the_owner_where_allowed(tmp_path):
+    path = tmp_path / "head.safetensors"
+    path.write_bytes(b"old")
+    if os.geteuid() == 0:
+        os.chown(path, 12345, 23456)
+    before = os.stat(path)
+    _small_heads(1)[0].save(path)
+    after = os.stat(path)
+    assert (after.st_uid, after.st_gid) == (before.st_uid, before.st_gid)
 
 
 @backend_independent
