@@ -11,9 +11,8 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 * :class:`MedusaHeads` -- several residual (Medusa) heads run in one call;
   ``DraftHead(..., d2t=...)`` maps an EAGLE-3 draft vocabulary to target ids.
 * ``DraftHead.save(path)`` / ``DraftHead.load(path)`` and
-  :func:`load_medusa` -- safetensors checkpoints (needs the ``safetensors``
-  package: ``pip install ".[safetensors]"`` from a checkout); bad files raise
-  :class:`CheckpointError`.
+  :func:`load_medusa` -- safetensors checkpoints (no extra package needed);
+  bad files raise :class:`CheckpointError`.
 * :func:`eagle_draft_from_hidden` -- the reference function whose semantics
   the package follows (the README's "reference function"), bit-exact.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
