@@ -30,11 +30,12 @@ from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
 from ._storage import WEIGHT_DTYPES
+from .speculative import DraftTree, dynamic_tree
 
 __version__ = "0.1.0"
 __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "CheckpointError", "compare", "Comparison",
-           "WEIGHT_DTYPES",
+           "WEIGHT_DTYPES", "DraftTree", "dynamic_tree",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 
