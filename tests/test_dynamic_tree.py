@@ -193,12 +193,14 @@ def test_ties_keep_ancestors_and_go_to_the_lowest_index():
 
 def test_random_ties_stay_ancestor_closed():
     rng = np.random.default_rng(5)
-    for _ in range(30):
-        vocab, top_k, depth = 5, int(rng.integers(1, 4)), int(rng.integers(1, 4))
-        levels = np.log(np.array([0.4, 0.2, 0.2, 0.1, 0.1]))
+    vocab = 5
+    levels = np.log(np.array([0.4, 0.2, 0.2, 0.1, 0.1]))
 
-        def expand(rows, toks):
-            return np.stack([levels[rng.permutation(vocab)] for _ in toks])
+    def expand(rows, toks):
+        return np.stack([levels[rng.permutation(vocab)] for _ in toks])
+
+    for _ in range(30):
+        top_k, depth = int(rng.integers(1, 4)), int(rng.integers(1, 4))
         lp = levels[rng.permutation(vocab)]
         total = int(rng.integers(1, max_dynamic_tree_tokens(top_k, depth) + 1))
         tree = dynamic_tree(0, lp, expand, top_k=top_k, depth=depth, total_tokens=total)
