@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import _backend
 from .tree import DraftTree
 
 __all__ = ["dynamic_tree", "max_dynamic_tree_tokens"]
@@ -67,21 +68,6 @@ def _positive_int(value: Any, name: str, minimum: int) -> int:
 _LOGPROB_MAX = 1e-3
 
 
-def _check_finite_above(array: np.ndarray, name: str) -> None:
-    """Reject NaN, +inf and positive values (-inf, a log-prob of 0, is
-    fine) in one pass."""
-    top = array.max()
-    if top < np.inf and top > _LOGPROB_MAX:
-        where = np.unravel_index(int(np.argmax(array)), array.shape)
-        raise ValueError(f"{name} holds {float(top):.6g} at index {tuple(int(i) for i in where)}; "
-                         "log-probs must be <= 0 (pass log-softmax output, not logits)")
-    if not top < np.inf:  # NaN propagates through max
-        kind = "NaN" if np.isnan(array).any() else "+inf"
-        where = np.argwhere(np.isnan(array) if kind == "NaN" else np.isposinf(array))[0]
-        raise ValueError(f"{name} contains {kind} at index {tuple(int(i) for i in where)}; "
-                         "log-probs must be finite or -inf")
-
-
 def _logprob_array(value: Any, name: str, shape: tuple[int, ...], shape_text: str
                    ) -> np.ndarray:
     array = np.asarray(value)
@@ -93,33 +79,33 @@ def _logprob_array(value: Any, name: str, shape: tuple[int, ...], shape_text: st
         array = array.astype(np.float64)
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape_text} = {shape}, got {array.shape}")
-    _check_finite_above(array, name)
     return array
 
 
-def _row_topk(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _row_topk(rows: np.ndarray, k: int, name: str, vector: bool = False
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` largest entries, best first, ties to the lower index:
-    (indices (r, k) int64, values (r, k) in the rows' dtype)."""
-    r, v = rows.shape
-    if k == v:
-        idx = np.argsort(-rows, axis=1, kind="stable")
-    else:
-        part = np.argpartition(rows, v - k, axis=1)[:, v - k:]
-        vals = np.take_along_axis(rows, part, axis=1)
-        thresh = vals.min(axis=1)
-        # argpartition picks an arbitrary subset of the entries tied with the
-        # k-th largest; redo the rows where that subset is not the lowest ids.
-        eq_inside = (vals == thresh[:, None]).sum(axis=1)
-        eq_total = (rows == thresh[:, None]).sum(axis=1)
-        for i in np.flatnonzero(eq_total != eq_inside):
-            above = np.flatnonzero(rows[i] > thresh[i])
-            equal = np.flatnonzero(rows[i] == thresh[i])[:k - above.shape[0]]
-            part[i] = np.concatenate((above, equal))
-            vals[i] = rows[i, part[i]]
-        order = np.lexsort((part, -vals), axis=-1)
-        idx = np.take_along_axis(part, order, axis=1)
-    idx = idx.astype(np.int64, copy=False)
-    return idx, np.take_along_axis(rows, idx, axis=1)
+    (indices (r, k) int64, values (r, k) in the rows' dtype), by the active
+    backend's kernel; NaN, +inf and positive log-probs raise ValueError
+    naming ``name`` (a (V,) vector as one row when ``vector``)."""
+    work = rows.astype(np.float32) if rows.dtype == np.float16 else rows
+    work = np.ascontiguousarray(work)
+    ids = np.empty((work.shape[0], k), dtype=np.int64)
+    vals = np.empty((work.shape[0], k), dtype=work.dtype)
+    if _backend.active().module("tree").row_topk(work, k, ids, vals):
+        where = np.argwhere(np.isnan(work))[0][1 if vector else 0:]
+        raise ValueError(f"{name} contains NaN at index {tuple(int(i) for i in where)}; "
+                         "log-probs must be finite or -inf")
+    top = vals[:, 0].max()  # every row's maximum is in column 0
+    if top > _LOGPROB_MAX:
+        where = np.unravel_index(int(np.argmax(work)), work.shape)
+        index = tuple(int(i) for i in where)[1 if vector else 0:]
+        if top == np.inf:
+            raise ValueError(f"{name} contains +inf at index {index}; "
+                             "log-probs must be finite or -inf")
+        raise ValueError(f"{name} holds {float(top):.6g} at index {index}; "
+                         "log-probs must be <= 0 (pass log-softmax output, not logits)")
+    return ids, vals.astype(rows.dtype, copy=False)
 
 
 def _best_first(scores: np.ndarray, count: int) -> np.ndarray:
@@ -231,7 +217,7 @@ def dynamic_tree(root_token: int, root_logprobs: Any, expand: ExpandFn, *, top_k
     # caller's log-softmax) it still keeps the ancestors of every kept node.
     flat_key = np.empty(n_scored, dtype=score_dtype)
 
-    ids, vals = _row_topk(root_lp[None, :], k)
+    ids, vals = _row_topk(root_lp[None, :], k, "root_logprobs", vector=True)
     tokens = _map_d2t(ids[0], d2t_map)
     if d2t_map is not None and k > 1:
         _check_siblings_distinct(tokens[None, :])
@@ -247,7 +233,7 @@ def dynamic_tree(root_token: int, root_logprobs: Any, expand: ExpandFn, *, top_k
         out = expand(parent_rows.copy(), tokens.copy())
         rows = _logprob_array(out, f"expand's output (round {round_})", (k, vocab),
                               "(top_k, V)")
-        ids, vals = _row_topk(rows, k)
+        ids, vals = _row_topk(rows, k, f"expand's output (round {round_})")
         child_tokens = _map_d2t(ids, d2t_map)
         if d2t_map is not None and k > 1:
             _check_siblings_distinct(child_tokens)
