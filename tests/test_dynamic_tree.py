@@ -471,3 +471,15 @@ def test_float16_log_probs_and_read_only_non_contiguous_input():
     same = dynamic_tree(0, lp.copy(), lambda r, t: plain, top_k=2, depth=2, total_tokens=9)
     assert tree == same
     np.testing.assert_array_equal(tree.scores, same.scores)
+
+
+def test_slightly_positive_log_probs_still_keep_ancestors():
+    # a caller's log-softmax may round the best log-prob to a hair above 0;
+    # the child then outscores its parent, yet a kept child keeps its parent
+    lp_root = np.array([-1.0, -1.00001, -3.0, -4.0])
+    rows = np.array([[5e-4, -2.0, -3.0, -4.0], [-2.0, -2.5, -3.0, -4.0]])
+    tree = dynamic_tree(7, lp_root, lambda r, t: rows, top_k=2, depth=1, total_tokens=2)
+    assert tree.tokens.tolist() == [7, 0] and tree.parents.tolist() == [-1, 0]
+    tree = dynamic_tree(7, lp_root, lambda r, t: rows, top_k=2, depth=1, total_tokens=3)
+    assert tree.tokens.tolist() == [7, 0, 0] and tree.parents.tolist() == [-1, 0, 1]
+    np.testing.assert_allclose(tree.scores, [0, -1.0, -1.0 + 5e-4])
