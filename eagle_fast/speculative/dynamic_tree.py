@@ -27,6 +27,16 @@ attaches the child to a wrong node; here that cannot happen.
 Scores are accumulated in the floating dtype of ``root_logprobs`` (float16,
 float32 or float64; other real dtypes become float64), as EAGLE adds them in
 its model's dtype; the returned :class:`DraftTree` holds them as float64.
+
+Log-probs may be ``-inf`` (a token of probability 0); NaN, ``+inf`` and values
+above 1e-3 (logits passed by mistake) are a ValueError. A log-prob a hair above
+0 (rounding in a caller's log-softmax) could lift a child above its parent; the
+final selection therefore ranks each node by the smallest score on its path,
+which is its own score whenever log-probs are <= 0.
+
+Speed: the per-row top-k of every round (the only pass over V) is a compiled
+kernel (``src/_tree_kernel.pyx``, fallback ``_tree_py.py``); everything else
+works on the ``top_k + depth * top_k**2`` scored nodes.
 """
 
 from __future__ import annotations
