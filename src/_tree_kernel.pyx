@@ -66,13 +66,20 @@ cdef int _row_topk_one(const floating* row, Py_ssize_t n, Py_ssize_t k, int64_t*
 def row_topk(const floating[:, ::1] rows, Py_ssize_t k, int64_t[:, ::1] out_ids,
              floating[:, ::1] out_vals):
     """Each row's k largest entries, best first, ties to the lower index, into
-    ``out_ids`` / ``out_vals`` (r, k). Returns 1 if a row holds NaN (the
-    outputs are then meaningless), else 0. Assumes 1 <= k <= V and validated
-    shapes."""
+    ``out_ids`` / ``out_vals`` (r, k). Returns the largest entry of ``rows``
+    as a float, or NaN if a row holds NaN (the outputs are then meaningless).
+    Assumes 1 <= k <= V and validated shapes."""
     cdef Py_ssize_t r
     cdef Py_ssize_t n = rows.shape[1]
     cdef int nan = 0
+    cdef double top
+    if rows.shape[0] == 0:
+        return float("-inf")
     with nogil:
         for r in range(rows.shape[0]):
             nan |= _row_topk_one(&rows[r, 0], n, k, &out_ids[r, 0], &out_vals[r, 0])
-    return nan
+        top = out_vals[0, 0]
+        for r in range(1, rows.shape[0]):
+            if out_vals[r, 0] > top:
+                top = out_vals[r, 0]
+    return float("nan") if nan else top

@@ -406,8 +406,9 @@ def brute_topk(rows, k):
 def _kernel_topk(rows, k):
     ids = np.full((rows.shape[0], k), -7, dtype=np.int64)
     vals = np.full((rows.shape[0], k), 7, dtype=rows.dtype)
-    nan = _backend.active().module("tree").row_topk(rows, k, ids, vals)
-    return nan, ids, vals
+    top = _backend.active().module("tree").row_topk(rows, k, ids, vals)
+    assert isinstance(top, float)
+    return int(np.isnan(top)), ids, vals
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -426,6 +427,7 @@ def test_row_topk_kernel_against_brute_force(dtype, vocab):
             nan, ids, vals = _kernel_topk(rows, k)
             ref_ids, ref_vals = brute_topk(rows, k)
             assert nan == 0
+            assert _backend.active().module("tree").row_topk(rows, k, ids, vals) == rows.max()
             np.testing.assert_array_equal(ids, ref_ids)
             np.testing.assert_array_equal(vals, ref_vals)
 

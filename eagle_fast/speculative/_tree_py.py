@@ -11,11 +11,12 @@ COMPILE_FLAGS = ""
 COMPILER = "none"
 
 
-def row_topk(rows: np.ndarray, k: int, out_ids: np.ndarray, out_vals: np.ndarray) -> int:
+def row_topk(rows: np.ndarray, k: int, out_ids: np.ndarray, out_vals: np.ndarray) -> float:
     """Fill ``out_ids`` (r, k) int64 and ``out_vals`` (r, k) with each row's
-    top k; return 1 if ``rows`` holds NaN (outputs then unspecified), else 0."""
+    top k; return the largest entry of ``rows``, or NaN if ``rows`` holds NaN
+    (outputs then unspecified)."""
     if np.isnan(rows).any():
-        return 1
+        return float("nan")
     r, v = rows.shape
     if k == v:
         idx = np.argsort(-rows, axis=1, kind="stable")
@@ -36,4 +37,4 @@ def row_topk(rows: np.ndarray, k: int, out_ids: np.ndarray, out_vals: np.ndarray
         idx = np.take_along_axis(part, order, axis=1)
     out_ids[...] = idx
     out_vals[...] = np.take_along_axis(rows, idx, axis=1)
-    return 0
+    return float(out_vals[:, 0].max())

@@ -103,11 +103,11 @@ def _row_topk(kernel: Any, rows: np.ndarray, k: int, ids: np.ndarray, vals: np.n
         rows = rows.astype(np.float32)
     elif not rows.flags.c_contiguous:
         rows = np.ascontiguousarray(rows)
-    if kernel.row_topk(rows, k, ids, vals):
+    top = kernel.row_topk(rows, k, ids, vals)  # the largest entry, NaN if any
+    if top != top:
         where = np.argwhere(np.isnan(rows))[0][1 if vector else 0:]
         raise ValueError(f"{name} contains NaN at index {tuple(int(i) for i in where)}; "
                          "log-probs must be finite or -inf")
-    top = float(vals[:, 0].max())  # every row's maximum is in column 0
     if top > _LOGPROB_MAX:
         where = np.unravel_index(int(np.argmax(rows)), rows.shape)
         index = tuple(int(i) for i in where)[1 if vector else 0:]
