@@ -39,7 +39,7 @@ __all__ = ["Verification", "SampledVerifications", "verify_greedy", "verify_samp
            "verify_sampling_many", "verify_chain", "verify_typical", "warp_probs"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Verification:
     """The outcome of verifying one draft tree.
 
@@ -66,13 +66,21 @@ class Verification:
         """(num_accepted + 1,) int64: every token this verification emits."""
         return np.append(self.accepted_tokens, np.int64(self.next_token))
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Verification):
+            return NotImplemented
+        return (np.array_equal(self.accepted_nodes, other.accepted_nodes)
+                and self.next_token == other.next_token)
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         return (f"Verification(accepted_nodes={self.accepted_nodes.tolist()}, "
                 f"accepted_tokens={self.accepted_tokens.tolist()}, "
                 f"num_accepted={self.num_accepted}, next_token={self.next_token})")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SampledVerifications:
     """Many sampling verifications of one tree (:func:`verify_sampling_many`).
 
@@ -402,7 +410,9 @@ def verify_chain(draft_tokens: Any, draft_probs: Any, target_probs: Any, *,
     px = p[rows, cols, tokens] if k else np.zeros((batch, 0))
     qx = q[rows, cols, tokens] if k else np.zeros((batch, 0))
     accept = (qx > 0) & (u * qx < px)
-    num_accepted = np.where(accept.all(axis=1), k, np.argmin(accept, axis=1))
+    # first rejection, or k when all are accepted
+    num_accepted = np.where(accept.all(axis=1), k,
+                            np.argmin(accept, axis=1) if k else 0).astype(np.int64)
     out = np.full((batch, k + 1), -1, dtype=np.int64)
     keep = cols < num_accepted[:, None]
     out[:, :k][keep] = tokens[keep]
