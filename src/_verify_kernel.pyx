@@ -5,9 +5,11 @@
 #   greedy    one row per node reached (the root, then every child whose token
 #             is its parent row's argmax): a max pass (also the finiteness
 #             check), then a short pass for the first index holding the max;
-#   sampling  per visited row a max pass, then one pass writing exp((x - m)/T)
-#             into a double scratch and summing it (top-k: a quickselect on a
-#             copy; top-p: a weighted quickselect of the cut); rejections
+#   sampling  per visited row a max pass, then one exp pass: for deterministic
+#             trees without top-k/top-p it only sums exp((x - m)/T) (p(x) of a
+#             child is computed when tried; the final draw recomputes exp block
+#             by block); otherwise it writes p into a double scratch (top-k: a
+#             quickselect on a copy; top-p: a weighted quickselect of the cut); rejections
 #             of a sampled tree's children cost one pass each (p - q); the final
 #             token one cumulative pass with early exit.
 # Rows are float32 or float64 (fused), read in place; draft probabilities too.
@@ -41,6 +43,9 @@ cdef extern from "_verify_kernels.h" nogil:
     double ef_exp_shift_f32(const float* row, Py_ssize_t n, double m, double inv_t, double* p)
     double ef_exp_shift_f64(const double* row, Py_ssize_t n, double m, double inv_t, double* p)
     double ef_sum_f64(const double* p, Py_ssize_t n)
+    double ef_exp_sum_f32(const float* row, Py_ssize_t n, double m, double inv_t)
+    double ef_exp_sum_f64(const double* row, Py_ssize_t n, double m, double inv_t)
+    double ef_exp1(double x)
     double ef_residual_f32(double* p, const float* q, Py_ssize_t n, double inv_z,
                            double inv_denom)
     double ef_residual_f64(double* p, const double* q, Py_ssize_t n, double inv_z,
@@ -149,10 +154,7 @@ cdef bint warp_row(const floating* row, Py_ssize_t V, double inv_t, Py_ssize_t t
     cdef Py_ssize_t j, count, index
     if not row_argmax(row, V, &m, &index):
         return False
-    if floating is float:
-        z = ef_exp_shift_f32(row, V, m, inv_t, p)
-    else:
-        z = ef_exp_shift_f64(row, V, m, inv_t, p)
+    z = exp_shift(row, V, m, inv_t, p)
     if 0 < top_k < V:
         for j in range(V):
             scratch[j] = row[j]
@@ -214,22 +216,98 @@ cdef int64_t draw(const double* p, Py_ssize_t V, double z, double u) noexcept no
     return last if last >= 0 else 0  # u * z at the very top, by rounding
 
 
+cdef inline double exp_sum(const floating* row, Py_ssize_t V, double m,
+                           double inv_t) noexcept nogil:
+    if floating is float:
+        return ef_exp_sum_f32(row, V, m, inv_t)
+    else:
+        return ef_exp_sum_f64(row, V, m, inv_t)
+
+
+cdef inline double exp_shift(const floating* row, Py_ssize_t V, double m, double inv_t,
+                             double* p) noexcept nogil:
+    if floating is float:
+        return ef_exp_shift_f32(row, V, m, inv_t, p)
+    else:
+        return ef_exp_shift_f64(row, V, m, inv_t, p)
+
+
+cdef inline bint is_dropped(const int64_t* dropped, Py_ssize_t n_dropped,
+                            int64_t x) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n_dropped):
+        if dropped[i] == x:
+            return True
+    return False
+
+
+cdef int64_t draw_lazy(const floating* row, Py_ssize_t V, double m, double inv_t,
+                       const int64_t* dropped, Py_ssize_t n_dropped, double z,
+                       double u) noexcept nogil:
+    """``draw`` over p[j] = exp((row[j] - m) / T), the dropped tokens at 0,
+    without p in memory: block sums of exp, then the crossing block term by
+    term (the same exp, so the same values)."""
+    cdef double target = u * z, acc = 0.0, block_sum, e
+    cdef Py_ssize_t j, i, start = 0, width
+    cdef int64_t last = -1
+    while start < V:
+        width = DRAW_BLOCK if V - start > DRAW_BLOCK else V - start
+        block_sum = exp_sum(row + start, width, m, inv_t)
+        for i in range(n_dropped):
+            if start <= dropped[i] < start + width and not is_dropped(dropped, i, dropped[i]):
+                block_sum -= ef_exp1((row[dropped[i]] - m) * inv_t)
+        if acc + block_sum > target:
+            for j in range(start, start + width):
+                if is_dropped(dropped, n_dropped, j):
+                    continue
+                e = ef_exp1((row[j] - m) * inv_t)
+                if e > 0:
+                    acc += e
+                    last = j
+                    if acc > target:
+                        return j
+        else:
+            acc += block_sum
+            if block_sum > 0:
+                last = start + width - 1
+                while last >= start and is_dropped(dropped, n_dropped, last):
+                    last -= 1
+        start += width
+    return last if last >= 0 else 0
+
+
 cdef int64_t sample_one(const int64_t* tokens, const int64_t* parents,
                         const int64_t* offsets, const int64_t* child_ids, Py_ssize_t n,
                         const floating* logits, Py_ssize_t V, const qfloat* q, bint has_q,
                         double inv_t, Py_ssize_t top_k, double top_p, const double* u,
-                        double* p, double* scratch,
+                        double* p, double* scratch, int64_t* dropped,
                         int64_t* path, int64_t* path_len, int64_t* next_token) noexcept nogil:
     """One verification of a tree by sampling (see eagle_fast.speculative.verify).
-    Returns -1, or the node whose row is not finite."""
-    cdef Py_ssize_t node = 0, length = 1, k = 0, ci, cj, ck
+    Returns -1, or the node whose row is not finite.
+
+    Deterministic trees without top-k / top-p run *lazily*: p is never
+    written out -- a row costs its argmax pass and one exp-sum pass; p(x) of a
+    child is computed when it is tried, rejected tokens are listed in
+    ``dropped`` (at most n), and the final draw recomputes exp block by block.
+    Otherwise p is materialised by warp_row."""
+    cdef Py_ssize_t node = 0, length = 1, k = 0, ci, cj, ck, n_dropped = 0, index, i
     cdef int64_t c, x, tok, accepted
-    cdef double z, z_old, removed, denom, qx, new_z
+    cdef double z, z_old, removed, denom, qx, new_z, px, m = 0.0
     cdef bint dup, seen
+    cdef bint lazy_rows = (not has_q) and not (0 < top_k < V) and not (top_p < 1.0)
+    cdef bint lazy = lazy_rows
     cdef const qfloat* qrow
+    cdef const floating* row
     path[0] = 0
     while True:
-        if not warp_row(logits + node * V, V, inv_t, top_k, top_p, p, scratch, &z):
+        row = logits + node * V
+        lazy = lazy_rows
+        n_dropped = 0
+        if lazy:
+            if not row_argmax(row, V, &m, &index):
+                return node
+            z = exp_sum(row, V, m, inv_t)
+        elif not warp_row(row, V, inv_t, top_k, top_p, p, scratch, &z):
             return node
         accepted = -1
         for ci in range(offsets[node], offsets[node + 1]):
@@ -238,15 +316,29 @@ cdef int64_t sample_one(const int64_t* tokens, const int64_t* parents,
             if not has_q:
                 # Deterministic tree (EAGLE-2): accept x with probability p(x);
                 # else drop x from p (renormalisation = the running mass z).
-                if u[k] * z < p[x]:
+                if lazy:
+                    px = 0.0 if is_dropped(dropped, n_dropped, x) else ef_exp1(
+                        (row[x] - m) * inv_t)
+                else:
+                    px = p[x]
+                if u[k] * z < px:
                     accepted = c
                     k += 1
                     break
                 k += 1
                 z_old = z
-                z -= p[x]
-                p[x] = 0.0
+                z -= px
+                if lazy:
+                    dropped[n_dropped] = x
+                    n_dropped += 1
+                else:
+                    p[x] = 0.0
                 if z <= 1e-9 * z_old:  # cancellation: sum the rest afresh
+                    if lazy:           # (materialising p from here on)
+                        exp_shift(row, V, m, inv_t, p)
+                        for i in range(n_dropped):
+                            p[dropped[i]] = 0.0
+                        lazy = False
                     z = ef_sum_f64(p, V)
                     if z <= 0:
                         # Rounding only: all mass was on rejected tokens.
@@ -296,7 +388,10 @@ cdef int64_t sample_one(const int64_t* tokens, const int64_t* parents,
         length += 1
         node = accepted  # a leaf's next token comes from its own row, next round
     path_len[0] = length
-    next_token[0] = draw(p, V, z, u[n - 1])
+    if lazy:
+        next_token[0] = draw_lazy(row, V, m, inv_t, dropped, n_dropped, z, u[n - 1])
+    else:
+        next_token[0] = draw(p, V, z, u[n - 1])
     return -1
 
 
@@ -319,14 +414,18 @@ def sample(const int64_t[::1] tokens, const int64_t[::1] parents,
         raise ValueError(f"work needs {2 * V} doubles, got {work.shape[0]}")
     cdef double* p = &work[0]
     cdef double* scratch = &work[V]
+    cdef int64_t* dropped = <int64_t*> malloc(n * sizeof(int64_t))
+    if dropped == NULL:
+        raise MemoryError()
     with nogil:
         for r in range(n_runs):
             bad = sample_one(&tokens[0], &parents[0], &offsets[0], &child_ids[0], n,
                              &logits[0, 0], V, &draft_probs[0, 0], has_q,
-                             inv_t, top_k, top_p, &uniforms[r, 0], p, scratch,
+                             inv_t, top_k, top_p, &uniforms[r, 0], p, scratch, dropped,
                              &paths[r, 0], &lengths[r], &next_tokens[r])
             if bad >= 0:
                 break
+    free(dropped)
     return bad
 
 

@@ -7,6 +7,8 @@
  *       finiteness check (v - v is NaN exactly for NaN and infinities);
  *   ef_exp_shift_<t>(row, n, m, inv_t, p) -> sum
  *       p[j] = exp((row[j] - m) * inv_t) (double), and their sum, one pass;
+ *   ef_exp_sum_<t>(row, n, m, inv_t) -> the same sum, nothing stored;
+ *   ef_exp1(x) -> the same exp of one argument;
  *   ef_sum_f64(p, n), ef_residual_<q>(p, q, n, inv_z, inv_denom) -> sum
  *       p[j] = max(p[j] * inv_z - q[j] * inv_denom, 0) and the new sum.
  *
@@ -215,6 +217,31 @@ static inline double ef_exp_shift_f64(const double* row, ptrdiff_t n, double m, 
         tail[j - n4] = (row[j] - m) * inv_t;
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ef_exp_tail(tail, n - n4, p + n4);
 }
+
+/* The same exp of one argument (lanes are independent: identical values). */
+static inline double ef_exp1(double x)
+{
+    ef_vd4 v = {x, x, x, x};
+    return ef_exp_nonpositive(v)[0];
+}
+
+/* sum_j exp((row[j] - m) * inv_t) without storing the terms. */
+#define EF_EXP_SUM(name, T, LOADX)                                                      \
+static inline double name(const T* row, ptrdiff_t n, double m, double inv_t)            \
+{                                                                                        \
+    ptrdiff_t j, n4 = n - n % 4;                                                         \
+    ef_vd4 acc = {0.0, 0.0, 0.0, 0.0};                                                   \
+    const ef_vd4 vm = {m, m, m, m};                                                      \
+    double tail[4], ignored[4];                                                          \
+    for (j = 0; j < n4; j += 4)                                                          \
+        acc += ef_exp_nonpositive(((LOADX) - vm) * inv_t);                               \
+    for (j = n4; j < n; j++)                                                             \
+        tail[j - n4] = ((double) row[j] - m) * inv_t;                                    \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ef_exp_tail(tail, n - n4, ignored); \
+}
+
+EF_EXP_SUM(ef_exp_sum_f32, float, __builtin_convertvector(EF_VLOAD(ef_vf4, row + j), ef_vd4))
+EF_EXP_SUM(ef_exp_sum_f64, double, EF_VLOAD(ef_vd4, row + j))
 
 /* -- sums and residuals ---------------------------------------------------- */
 
