@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -417,7 +417,7 @@ def verify_chain(draft_tokens: Any, draft_probs: Any, target_probs: Any, *,
         raise ValueError(f"draft_tokens must lie in [0, {vocab}), got "
                          f"[{tokens.min()}, {tokens.max()}]")
     u = rng.random((batch, k))
-    u_final = rng.random(batch)
+    u_final = np.asarray(rng.random(batch))
     rows = np.arange(batch)[:, None]
     cols = np.arange(k)[None, :]
     px = p[rows, cols, tokens] if k else np.zeros((batch, 0))
