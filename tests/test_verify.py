@@ -440,3 +440,17 @@ def test_sampling_final_draw_is_the_inverse_cdf(vocab, dtype, warp):
     assert (many.num_accepted == 0).all()
     assert np.mean(many.next_token == expected) >= 0.995   # rounding at a boundary only
     assert (p[many.next_token] > 0).all()
+
+
+def test_kernel_and_fallback_share_the_api(active_backend):
+    from eagle_fast import _backend
+    from support import require_compiled
+    module = _backend.active().module("verify")
+    fallback = _backend.load("python").module("verify")
+    for name in ("greedy", "sample"):
+        assert callable(getattr(module, name)) and callable(getattr(fallback, name))
+    if active_backend[0] == "compiled":
+        path = module.__file__ or ""
+        assert path.endswith((".so", ".pyd")) or not require_compiled(), path
+        expected = "_verify_kernel_v3" if active_backend[1] == "x86-64-v3" else "_verify_kernel"
+        assert module.__name__.rsplit(".", 1)[1] == expected
