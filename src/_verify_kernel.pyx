@@ -28,6 +28,7 @@ import numpy as np
 
 cdef enum:
     DRAW_BLOCK = 256   # entries summed at a time when drawing the final token
+    SMALL_TOP_K = 64   # top-k by one insertion pass up to here, else quickselect
 
 
 ctypedef fused qfloat:
@@ -144,38 +145,80 @@ cdef double topp_cutoff(double* a, Py_ssize_t n, double limit) noexcept nogil:
     return best
 
 
+cdef double kth_largest_small(const floating* row, Py_ssize_t V, Py_ssize_t k,
+                              double* top) noexcept nogil:
+    """The k-th largest entry of the row (k <= SMALL_TOP_K, k < V) in one pass:
+    a sorted list of the k best so far; an entry only costs a comparison
+    unless it beats the current k-th."""
+    cdef Py_ssize_t j, pos
+    cdef double v
+    for j in range(k):
+        v = row[j]
+        pos = j
+        while pos > 0 and top[pos - 1] < v:
+            top[pos] = top[pos - 1]
+            pos -= 1
+        top[pos] = v
+    for j in range(k, V):
+        v = row[j]
+        if v > top[k - 1]:
+            pos = k - 1
+            while pos > 0 and top[pos - 1] < v:
+                top[pos] = top[pos - 1]
+                pos -= 1
+            top[pos] = v
+    return top[k - 1]
+
+
 cdef bint warp_row(const floating* row, Py_ssize_t V, double inv_t, Py_ssize_t top_k,
-                   double top_p, double* p, double* scratch, double* z_out) noexcept nogil:
+                   double top_p, double* p, double* scratch, int64_t* kept,
+                   double* z_out) noexcept nogil:
     """Unnormalised target probabilities of one row into p (their sum into z_out):
     exp((x - max) / T), then top-k (keep every entry >= the k-th largest),
     then top-p (keep an entry iff the mass ranked above it is < top_p; ranked
-    by probability, ties to the lower id).  False on a non-finite entry."""
-    cdef double m, z, threshold, above, limit, cutoff
-    cdef Py_ssize_t j, count, index
+    by probability, ties to the lower id).  False on a non-finite entry.
+    With top-k, only the kept entries go through exp; top-p works on the list
+    of positive entries (``kept``, in id order) and a copy of their values."""
+    cdef double m, z, threshold, above, limit, cutoff, v
+    cdef Py_ssize_t j, i, count = 0, index
     if not row_argmax(row, V, &m, &index):
         return False
-    z = exp_shift(row, V, m, inv_t, p)
     if 0 < top_k < V:
+        if top_k <= SMALL_TOP_K:
+            threshold = kth_largest_small(row, V, top_k, scratch)
+        else:
+            for j in range(V):
+                scratch[j] = row[j]
+            threshold = kth_largest(scratch, V, top_k)
+        z = 0.0
         for j in range(V):
-            scratch[j] = row[j]
-        threshold = kth_largest(scratch, V, top_k)
+            p[j] = 0.0
         for j in range(V):
-            if row[j] < threshold:
-                p[j] = 0.0
-        z = ef_sum_f64(p, V)
-    if top_p < 1.0:
-        count = 0
-        for j in range(V):
-            if p[j] > 0:
-                scratch[count] = p[j]
+            if row[j] >= threshold:
+                v = ef_exp1((row[j] - m) * inv_t)
+                p[j] = v
+                z += v
+                kept[count] = j
                 count += 1
+    else:
+        z = exp_shift(row, V, m, inv_t, p)
+        if top_p < 1.0:
+            for j in range(V):
+                if p[j] > 0:
+                    kept[count] = j
+                    count += 1
+    if top_p < 1.0:
+        for i in range(count):
+            scratch[i] = p[kept[i]]
         limit = top_p * z
         cutoff = topp_cutoff(scratch, count, limit)
         above = 0.0
-        for j in range(V):
-            if p[j] > cutoff:
-                above += p[j]
-        for j in range(V):     # ties at the cutoff: lower ids first, while mass < limit
+        for i in range(count):
+            if p[kept[i]] > cutoff:
+                above += p[kept[i]]
+        z = 0.0
+        for i in range(count):   # ties at the cutoff: lower ids first, while mass < limit
+            j = kept[i]
             if p[j] < cutoff:
                 p[j] = 0.0
             elif p[j] == cutoff:
@@ -183,7 +226,7 @@ cdef bint warp_row(const floating* row, Py_ssize_t V, double inv_t, Py_ssize_t t
                     above += p[j]
                 else:
                     p[j] = 0.0
-        z = ef_sum_f64(p, V)
+            z += p[j]
     z_out[0] = z
     return True
 
@@ -280,7 +323,7 @@ cdef int64_t sample_one(const int64_t* tokens, const int64_t* parents,
                         const int64_t* offsets, const int64_t* child_ids, Py_ssize_t n,
                         const floating* logits, Py_ssize_t V, const qfloat* q, bint has_q,
                         double inv_t, Py_ssize_t top_k, double top_p, const double* u,
-                        double* p, double* scratch, int64_t* dropped,
+                        double* p, double* scratch, int64_t* kept, int64_t* dropped,
                         int64_t* path, int64_t* path_len, int64_t* next_token) noexcept nogil:
     """One verification of a tree by sampling (see eagle_fast.speculative.verify).
     Returns -1, or the node whose row is not finite.
@@ -307,7 +350,7 @@ cdef int64_t sample_one(const int64_t* tokens, const int64_t* parents,
             if not row_argmax(row, V, &m, &index):
                 return node
             z = exp_sum(row, V, m, inv_t)
-        elif not warp_row(row, V, inv_t, top_k, top_p, p, scratch, &z):
+        elif not warp_row(row, V, inv_t, top_k, top_p, p, scratch, kept, &z):
             return node
         accepted = -1
         for ci in range(offsets[node], offsets[node + 1]):
@@ -403,17 +446,18 @@ def sample(const int64_t[::1] tokens, const int64_t[::1] parents,
            int64_t[::1] lengths, int64_t[::1] next_tokens, double[::1] work):
     """Run ``uniforms.shape[0]`` sampling verifications of one tree (row r of
     ``uniforms`` drives run r) into paths (N, max_depth + 1, pre-filled with -1),
-    lengths (N,) and next_tokens (N,).  ``work`` is scratch of >= 2 V doubles
+    lengths (N,) and next_tokens (N,).  ``work`` is scratch of >= 3 V doubles
     (the caller keeps it between calls: fresh pages would cost a page fault
     per 4 KiB).  Returns -1, or the first node whose logits row is not finite."""
     cdef Py_ssize_t n = tokens.shape[0], V = logits.shape[1], r
     cdef Py_ssize_t n_runs = uniforms.shape[0]
     cdef int64_t bad = -1
     cdef double inv_t = 1.0 / temperature
-    if work.shape[0] < 2 * V:
-        raise ValueError(f"work needs {2 * V} doubles, got {work.shape[0]}")
+    if work.shape[0] < 3 * V:
+        raise ValueError(f"work needs {3 * V} doubles, got {work.shape[0]}")
     cdef double* p = &work[0]
     cdef double* scratch = &work[V]
+    cdef int64_t* kept = <int64_t*> &work[2 * V]
     cdef int64_t* dropped = <int64_t*> malloc(n * sizeof(int64_t))
     if dropped == NULL:
         raise MemoryError()
@@ -421,7 +465,7 @@ def sample(const int64_t[::1] tokens, const int64_t[::1] parents,
         for r in range(n_runs):
             bad = sample_one(&tokens[0], &parents[0], &offsets[0], &child_ids[0], n,
                              &logits[0, 0], V, &draft_probs[0, 0], has_q,
-                             inv_t, top_k, top_p, &uniforms[r, 0], p, scratch, dropped,
+                             inv_t, top_k, top_p, &uniforms[r, 0], p, scratch, kept, dropped,
                              &paths[r, 0], &lengths[r], &next_tokens[r])
             if bad >= 0:
                 break

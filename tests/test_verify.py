@@ -421,7 +421,7 @@ def test_greedy_argmax_wide_rows(vocab, dtype):
 @pytest.mark.parametrize("vocab", [5, 8, 1003, 32003])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("warp", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 40, 1.0), (0.9, 0, 0.8),
-                                  (1.0, 7, 0.5)])
+                                  (1.0, 7, 0.5), (1.1, 100, 0.9)])
 def test_sampling_final_draw_is_the_inverse_cdf(vocab, dtype, warp):
     # A root-only tree: the next token is the inverse CDF of p at the run's last
     # uniform -- computed here from float64 NumPy (warp_probs) and rng's stream.

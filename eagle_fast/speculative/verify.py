@@ -260,10 +260,10 @@ _scratch = threading.local()
 
 
 def _work_buffer(vocab: int) -> np.ndarray:
-    """This thread's kernel scratch (2 V doubles), kept between calls."""
+    """This thread's kernel scratch (3 V doubles), kept between calls."""
     work = getattr(_scratch, "work", None)
-    if work is None or work.shape[0] < 2 * vocab:
-        work = np.zeros(2 * vocab, dtype=np.float64)
+    if work is None or work.shape[0] < 3 * vocab:
+        work = np.zeros(3 * vocab, dtype=np.float64)
         _scratch.work = work
     return work
 
