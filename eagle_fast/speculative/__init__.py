@@ -6,6 +6,11 @@ acceptance statistics.
 * :class:`TreeTemplate` -- a static (Medusa) tree shape from ``medusa_choices``,
   with Medusa's buffers; :data:`MC_SIM_7B_63`, Medusa's default tree.
 * :func:`dynamic_tree` -- EAGLE-2's dynamic tree, grown by a drafter callback.
+* :func:`verify_greedy`, :func:`verify_sampling` (lossless),
+  :func:`verify_chain` (batched chains), :func:`verify_typical` (Medusa) --
+  pure functions of (tree, target logits, rng) returning a
+  :class:`Verification`.
+* :class:`AcceptanceStats` -- tau, per-depth acceptance rates, histogram.
 """
 
 from __future__ import annotations
@@ -13,7 +18,21 @@ from __future__ import annotations
 from .dynamic_tree import dynamic_tree, max_dynamic_tree_tokens
 from .medusa_choices import MC_SIM_7B_63, MEDUSA_CHOICES
 from .medusa_tree import TreeTemplate
+from .stats import AcceptanceStats
 from .tree import DraftTree
+from .verify import (
+    SampledVerifications,
+    Verification,
+    verify_chain,
+    verify_greedy,
+    verify_sampling,
+    verify_sampling_many,
+    verify_typical,
+    warp_probs,
+)
 
 __all__ = ["DraftTree", "TreeTemplate", "MC_SIM_7B_63", "MEDUSA_CHOICES", "dynamic_tree",
-           "max_dynamic_tree_tokens"]
+           "max_dynamic_tree_tokens",
+           "Verification", "SampledVerifications", "verify_greedy", "verify_sampling",
+           "verify_sampling_many", "verify_chain", "verify_typical", "warp_probs",
+           "AcceptanceStats"]
