@@ -4,6 +4,7 @@ float64 loops, in the spec's order of operations (so results are bit-exact)."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -77,3 +78,13 @@ def spec_forward(hidden: np.ndarray, projection_weight: np.ndarray,
     logits_out[:] = logits
     probs_out[:] = probs
     return best
+
+
+def draft_from_hidden(hidden_state: object, projection_weights: object,
+                      projection_bias: object, lm_head_weights: object, temperature: float,
+                      compensated_sum: bool, parallel_min_bytes: int,
+                      max_threads: int) -> Optional[dict]:
+    """The compiled module's shortcut for common inputs; the fallback has
+    none (its loops cost far more than converting), so it always returns None
+    and eagle_draft_from_hidden takes its general path."""
+    return None
