@@ -93,6 +93,7 @@ class KernelHead:
         self.vocab = lm_head_weight.shape[0]
         self.type_num = projection_bias.dtype.num
         self.residual = residual
+        self._float64 = projection_bias.dtype == np.float64
         if residual and self.d_proj != self.d_model:
             raise ValueError("a residual head needs d_proj == d_model")
 
@@ -108,7 +109,7 @@ class KernelHead:
         (state, row) whatever the batch; everything after is elementwise or
         per row."""
         states = hidden if hidden.ndim == 2 else hidden[None]
-        float64 = self.bias.dtype == np.float64
+        float64 = self._float64
         errors = _ignore_fp_errors()
         try:
             v = _einsum("ij,bj->bi", self.weight, states)
@@ -132,50 +133,49 @@ class KernelHead:
                     # Divide in float64: a tiny T must not underflow to 0 in float32.
                     scores = (scores.astype(np.float64) / temperature).astype(np.float32)
             wide = scores if float64 else scores.astype(np.float64)
-            # The first largest logit (what a stable sort of -logits puts
-            # first) is the softmax's shift, and its exp term is exp(0) = 1.
-            # A non-finite largest logit makes the total NaN, so the total
-            # alone tells whether a state's softmax is finite.
+            # The softmax is shifted by the largest logit; the first one is
+            # the top token (what a stable sort of -logits puts first), and
+            # its exp term is exp(0) = 1.  A non-finite largest logit makes
+            # the total NaN, so the totals alone tell whether a state's
+            # softmax is finite.
             if hidden.ndim == 1:
                 return self._finish_one(scores[0], wide[0], top_k, want_logits, want_probs)
-            best = scores.argmax(axis=1)
-            rows = np.arange(states.shape[0])
-            shifted = np.exp(wide - wide[rows, best][:, None])
+            shifted = np.exp(wide - wide.max(axis=1, keepdims=True))
             total = _add_reduce(shifted, axis=1, keepdims=True)
         finally:
             _restore_fp_errors(errors)
-        n_bad = states.shape[0] - int(np.count_nonzero(np.isfinite(total)))
+        n_bad = 0
+        if not math.isfinite(_add_reduce(total, axis=None)):  # the totals are in [1, V]
+            n_bad = states.shape[0] - int(np.count_nonzero(np.isfinite(total)))
         if top_k == 1:
-            tokens = best.astype(np.int64, copy=False)[:, None]
+            tokens = scores.argmax(axis=1, keepdims=True).astype(np.int64, copy=False)
             token_probs = (1.0 / total).astype(scores.dtype, copy=False)
         else:
             # Stable sort of the negated scores: best first, ties to the lower id.
             tokens = np.argsort(-scores, axis=1, kind="stable")[:, :top_k].astype(
                 np.int64, copy=False)
-            token_probs = (shifted[rows[:, None], tokens] / total).astype(
+            token_probs = (np.take_along_axis(shifted, tokens, axis=1) / total).astype(
                 scores.dtype, copy=False)
-        logits = scores if want_logits else None
         probs = (shifted / total).astype(scores.dtype, copy=False) if want_probs else None
-        return n_bad, tokens, token_probs, logits, probs
+        return n_bad, tokens, token_probs, scores if want_logits else None, probs
 
     @staticmethod
     def _finish_one(scores: np.ndarray, wide: np.ndarray, top_k: int, want_logits: bool,
                     want_probs: bool) -> ForwardResult:
         """The softmax and top-k of one state's (V,) logits (``wide``: in
         float64), with the batch path's arithmetic in 1-D."""
-        best = scores.argmax(keepdims=True)
+        best = scores.argmax()
         shifted = np.exp(wide - wide[best])
         total = _add_reduce(shifted)
         n_bad = 0 if math.isfinite(total) else 1
         if top_k == 1:
-            tokens = best.astype(np.int64, copy=False)
+            tokens = np.array([best], dtype=np.int64)
             token_probs = np.array([1.0 / total], dtype=scores.dtype)
         else:
             tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64, copy=False)
             token_probs = (shifted[tokens] / total).astype(scores.dtype, copy=False)
-        logits = scores if want_logits else None
         probs = (shifted / total).astype(scores.dtype, copy=False) if want_probs else None
-        return n_bad, tokens, token_probs, logits, probs
+        return n_bad, tokens, token_probs, scores if want_logits else None, probs
 
 
 def forward_heads(kernels: list[KernelHead], hidden: np.ndarray, temperature: float,

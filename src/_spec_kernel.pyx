@@ -49,6 +49,33 @@ cdef double sum_like_python(const double[::1] values, bint compensated) noexcept
     return total
 
 
+cdef inline void rows4(const double* matrix, const double* vec, Py_ssize_t row,
+                       Py_ssize_t n, const double* init, double* out) noexcept nogil:
+    """out[k] = init[k] (or 0.0) + m[row+k, 0] * vec[0] + m[row+k, 1] * vec[1] + ...,
+    for k < 4, each summed left to right (no FMA: -ffp-contract=off)."""
+    cdef const double* r0 = matrix + row * n
+    cdef const double* r1 = r0 + n
+    cdef const double* r2 = r1 + n
+    cdef const double* r3 = r2 + n
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, x
+    cdef Py_ssize_t j
+    if init != NULL:
+        a0 = init[0]
+        a1 = init[1]
+        a2 = init[2]
+        a3 = init[3]
+    for j in range(n):
+        x = vec[j]
+        a0 = a0 + r0[j] * x
+        a1 = a1 + r1[j] * x
+        a2 = a2 + r2[j] * x
+        a3 = a3 + r3[j] * x
+    out[0] = a0
+    out[1] = a1
+    out[2] = a2
+    out[3] = a3
+
+
 def spec_forward(const double[::1] hidden,
                  const double[:, ::1] projection_weight,
                  const double[::1] projection_bias,
@@ -85,15 +112,29 @@ cdef Py_ssize_t spec_impl(const double[::1] hidden,
     cdef Py_ssize_t d_model = hidden.shape[0]
     cdef Py_ssize_t d_proj = projection_weight.shape[0]
     cdef Py_ssize_t vocab = lm_head_weight.shape[0]
-    cdef Py_ssize_t i, j, v, best = 0
+    cdef Py_ssize_t i, j, v, blk, best = 0
     cdef double acc, max_logit, total
-    for i in prange(d_proj, schedule='static', num_threads=num_threads):
+    # Every row is still one sequential sum in the spec's order; the rows are
+    # taken 4 at a time only so that 4 independent sums are in flight (the
+    # additions of one sum wait on each other).
+    for blk in prange(d_proj // 4, schedule='static', num_threads=num_threads):
+        rows4(&projection_weight[0, 0], &hidden[0], 4 * blk, d_model,
+              &projection_bias[4 * blk], &projected[4 * blk])
+        for i in range(4 * blk, 4 * blk + 4):
+            projected[i] = silu_spec(projected[i])
+    for i in range(d_proj - d_proj % 4, d_proj):
         acc = projection_bias[i]
         for j in range(d_model):
             acc = acc + projection_weight[i, j] * hidden[j]
         projected[i] = silu_spec(acc)
 
-    for v in prange(vocab, schedule='static', num_threads=num_threads):
+    for blk in prange(vocab // 4, schedule='static', num_threads=num_threads):
+        rows4(&lm_head_weight[0, 0], &projected[0], 4 * blk, d_proj, NULL,
+              &logits_out[4 * blk])
+        if temperature > 0.0:
+            for v in range(4 * blk, 4 * blk + 4):
+                logits_out[v] = logits_out[v] / temperature
+    for v in range(vocab - vocab % 4, vocab):
         acc = 0.0
         for j in range(d_proj):
             acc = acc + lm_head_weight[v, j] * projected[j]
