@@ -83,8 +83,9 @@ def _spec_temperature(temperature: Any) -> float:
     beyond float64 is an OverflowError, as the reference's division gives."""
     if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
         raise ValueError(f"temperature must be a real number, got {temperature!r}")
-    if not temperature > 0:
-        if temperature != temperature:
+    real: Any = temperature  # any numbers.Real: compared as itself, not as a float
+    if not real > 0:
+        if real != real:
             raise ValueError("temperature must not be NaN")
         return 0.0  # no scaling, as the spec for any T <= 0
     try:

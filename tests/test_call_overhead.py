@@ -244,3 +244,68 @@ def test_fallback_batch_of_four_costs_less_than_two_singles():
         _backend._active = previous
     assert batch < 2 * single, f"B=4 {batch * 1e6:.1f} us, B=1 {single * 1e6:.1f} us"
     assert eagle_fast.DraftHead is DraftHead
+
+
+@backend_independent
+@pytest.mark.parametrize("compensated", [False, True])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (9, 6, 17), (40, 13, 301)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_spec_kernels_agree_in_both_summation_modes(compensated, shape):
+    """Both spec kernels, with the built-in sum's plain and compensated
+    behaviour (whichever this interpreter has), give the same bits, and the
+    fallback's values are the plain loops'."""
+    h, W, b, L = inputs(8, *shape)
+    W[0, 0] = 1e17 if shape[0] > 1 else W[0, 0]   # where compensation shows
+    outputs = []
+    backends = ["python"] + (["compiled"] if _backend.compiled_available() else [])
+    for name in backends:
+        spec = _backend.load(name).spec
+        logits, probs = np.empty(shape[2]), np.empty(shape[2])
+        best = spec.spec_forward(h, W, b, L, 0.9, compensated, logits, probs, 1)
+        outputs.append((best, logits.tolist(), probs.tolist()))
+    assert all(out == outputs[0] for out in outputs)
+    # The logits are the spec's own float loops' (the summation mode only
+    # changes the softmax's sum).
+    projected = []
+    for row, bias in zip(W.tolist(), b.tolist()):
+        acc = bias
+        for w, x in zip(row, h.tolist()):
+            acc += w * x
+        projected.append(acc * (1.0 / (1.0 + math.exp(-acc)) if abs(acc) < 500 else
+                                float(acc > 0)))
+    logits = []
+    for row in L.tolist():
+        acc = 0.0
+        for w, x in zip(row, projected):
+            acc += w * x
+        logits.append(acc / 0.9)
+    assert outputs[0][1] == logits
+
+
+@pytest.mark.parametrize("position", range(4))
+@pytest.mark.parametrize("kind", ["float32-scalars", "fractions", "bools", "float64-scalars"])
+def test_list_elements_of_other_number_types(position, kind):
+    """Lists holding NumPy scalars, fractions or bools are read as their
+    float64 values, as NumPy converts them, on every backend."""
+    import fractions
+    convert = {"float32-scalars": np.float32, "fractions": fractions.Fraction,
+               "bools": lambda v: v > 0, "float64-scalars": np.float64}[kind]
+    args = [a.tolist() for a in inputs(9, 6, 4, 11)]
+    if kind == "float32-scalars":
+        args = [np.asarray(a, np.float32).astype(np.float64).tolist() for a in args]
+    value = args[position]
+    args[position] = ([convert(v) for v in value] if position in (0, 2) else
+                      [[convert(v) for v in row] for row in value])
+    as_floats = [np.asarray(a, dtype=np.float64) for a in args]
+    assert eagle_draft_from_hidden(*args, 0.8) == spec_reference(*as_floats, 0.8)
+
+
+@pytest.mark.parametrize("position", range(4))
+def test_complex_list_elements_raise(position):
+    args = [a.tolist() for a in inputs(10, 6, 4, 11)]
+    if position in (0, 2):
+        args[position] = args[position][:-1] + [1j]
+    else:
+        args[position] = args[position][:-1] + [args[position][-1][:-1] + [1j]]
+    with pytest.raises(TypeError):
+        eagle_draft_from_hidden(*args)
