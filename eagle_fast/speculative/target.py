@@ -146,6 +146,8 @@ def check_accepted_path(accepted_nodes: Any, parents: np.ndarray) -> np.ndarray:
     integer path starting at the root 0, each node the child of the one before.
     Returns it as int64."""
     nodes = np.asarray(accepted_nodes)
+    if nodes.size == 0:
+        raise ValueError("accepted_nodes is empty: it must hold at least the root 0")
     if nodes.dtype == object or nodes.dtype.kind not in "iu":
         raise TypeError(f"accepted_nodes must be integers, got dtype {nodes.dtype}")
     if nodes.ndim != 1 or nodes.shape[0] == 0:
@@ -167,6 +169,8 @@ def check_accepted_path(accepted_nodes: Any, parents: np.ndarray) -> np.ndarray:
 def check_token_ids(name: str, values: Any, vocab_size: int) -> np.ndarray:
     """A (P,) or (1, P) integer array of ids in ``[0, vocab_size)``, as int64."""
     ids = np.asarray(values)
+    if ids.size == 0:
+        raise ValueError(f"{name} is empty")
     if ids.dtype == object or ids.dtype.kind not in "iu":
         raise TypeError(f"{name} must be integer token ids, got dtype {ids.dtype}")
     if ids.ndim == 2 and ids.shape[0] == 1:
