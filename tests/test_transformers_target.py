@@ -57,9 +57,17 @@ def tiny_model(kind: str = "llama", *, layers: int = 2, seed: int = 0, attention
         cls = transformers.MistralForCausalLM
     else:
         raise ValueError(kind)
+    return build(cls, config, seed, attention, dtype or torch.float64)
+
+
+def build(cls, config, seed=0, attention="sdpa", dtype=None):
+    dtype = dtype or torch.float64
     torch.manual_seed(seed)
-    model = cls._from_config(config, dtype=dtype or torch.float64,
-                             attn_implementation=attention)
+    try:
+        model = cls._from_config(config, dtype=dtype, attn_implementation=attention)
+    except TypeError:  # transformers < 4.56 calls it torch_dtype
+        torch.manual_seed(seed)
+        model = cls._from_config(config, torch_dtype=dtype, attn_implementation=attention)
     return model.eval()
 
 
@@ -371,8 +379,7 @@ def test_unsupported_attention_and_sliding_window(monkeypatch):
     config = transformers.MistralConfig(
         vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=4, num_key_value_heads=2, sliding_window=6)
-    mistral = transformers.MistralForCausalLM._from_config(config, dtype=torch.float64,
-                                                           attn_implementation="sdpa")
+    mistral = build(transformers.MistralForCausalLM, config)
     target = TransformersTarget(mistral)
     target.prefill([1, 2, 3, 4])
     with pytest.raises(NotImplementedError, match="sliding window"):
