@@ -28,6 +28,7 @@ SIMD_LEVELS = ("x86-64-v3", "baseline")
 # <module>_v3).  Module paths are relative to the eagle_fast package; each
 # fallback lives beside the kernel it replaces.
 KERNEL_MODULES: dict[str, tuple[str, str, bool]] = {
+    "verify": ("speculative._verify_kernel", "speculative._verify_py", False),
 }
 
 
