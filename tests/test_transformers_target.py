@@ -401,3 +401,122 @@ def test_core_package_imports_without_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd="/")
     assert result.returncode == 0, result.stderr
+
+
+# -- speculative.generate end to end: token for token model.generate ----------------
+
+def hf_greedy(model, prompt, max_new, eos=None):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos)
+    return out[0, len(prompt):].tolist()
+
+
+def medusa_heads(num_heads, seed=0, d=32):
+    import eagle_fast
+    from support import random_head
+    rng = np.random.default_rng(seed)
+    return eagle_fast.MedusaHeads([
+        eagle_fast.DraftHead(*random_head(rng, d, d, VOCAB), residual=True)
+        for _ in range(num_heads)])
+
+
+class SpoiledOracle:
+    """Chains of the target's own greedy continuation, each guess spoiled with
+    probability ``spoil`` (a drafter that is often but not always right)."""
+
+    def __init__(self, expected, prompt_length, steps=4, spoil=0.3, seed=0):
+        self.expected, self.prompt_length = expected, prompt_length
+        self.steps, self.spoil = steps, spoil
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, ids):
+        done = len(ids) - self.prompt_length      # tokens emitted so far
+        guesses = self.expected[done:done + self.steps]
+        return [g if self.rng.random() > self.spoil else (g + 5) % VOCAB for g in guesses]
+
+
+class RandomTrees:
+    def __init__(self, n=10, seed=0):
+        self.rng = np.random.default_rng(seed)
+        self.n = n
+
+    def propose(self, context):
+        return random_tree(self.rng, int(self.rng.integers(1, self.n + 1)),
+                           root=context.root_token)
+
+    def reset(self):
+        pass
+
+
+DRAFTER_KINDS = ["plain", "oracle-chain", "random-trees", "medusa-tree", "medusa-mc-sim-63",
+                 "medusa-chain"]
+
+
+def make_drafter(kind, expected, prompt_length):
+    if kind == "plain":
+        return None, None
+    if kind == "oracle-chain":
+        return SpoiledOracle(expected, prompt_length), None
+    if kind == "random-trees":
+        return RandomTrees(), None
+    if kind == "medusa-tree":
+        return medusa_heads(3), [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)]
+    if kind == "medusa-mc-sim-63":
+        return medusa_heads(4, seed=1), "mc_sim_7b_63"
+    return medusa_heads(3, seed=2), "chain"
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("drafter_kind", DRAFTER_KINDS)
+def test_generate_greedy_equals_model_generate(kind, drafter_kind):
+    from eagle_fast.speculative import generate
+
+    model = tiny_model(kind, seed=21)
+    target = TransformersTarget(model)
+    for prompt in ([5], [17, 3, 44, 9, 2, 71]):
+        expected = hf_greedy(model, prompt, 20)
+        drafter, tree = make_drafter(drafter_kind, expected, len(prompt))
+        result = generate(target, drafter, prompt, max_new_tokens=20, tree=tree)
+        assert result.tokens.tolist() == expected, (drafter_kind, prompt)
+        assert result.finish_reason == "length"
+        if drafter_kind == "oracle-chain":
+            assert result.stats.mean_acceptance_length > 1.5
+
+
+@pytest.mark.parametrize("drafter_kind", ["plain", "oracle-chain", "medusa-tree"])
+def test_generate_stops_at_eos_and_max_new_tokens_inside_a_tree(drafter_kind):
+    from eagle_fast.speculative import generate
+
+    model = tiny_model("llama", seed=22)
+    target = TransformersTarget(model)
+    prompt = [8, 6, 4]
+    free = hf_greedy(model, prompt, 30)
+    position = next(i for i in range(5, 30) if free[i] not in free[:i])
+    eos = free[position]
+    expected_eos = hf_greedy(model, prompt, 30, eos=eos)
+    assert expected_eos == free[:position + 1]
+    drafter, tree = make_drafter(drafter_kind, free, len(prompt))
+    result = generate(target, drafter, prompt, max_new_tokens=30, eos_token_id=eos, tree=tree)
+    assert result.tokens.tolist() == expected_eos and result.finish_reason == "eos"
+    for max_new in (1, 7, 11):
+        drafter, tree = make_drafter(drafter_kind, free, len(prompt))
+        result = generate(target, drafter, prompt, max_new_tokens=max_new, tree=tree)
+        assert result.tokens.tolist() == free[:max_new]
+
+
+def test_generate_sampling_with_top_k_1_is_greedy_and_medusa_needs_last_layer():
+    from eagle_fast.speculative import generate
+
+    model = tiny_model("qwen2", seed=23)
+    target = TransformersTarget(model)
+    expected = hf_greedy(model, [1, 2, 3], 12)
+    result = generate(target, RandomTrees(seed=3), [1, 2, 3], max_new_tokens=12,
+                      temperature=0.9, top_k=1, rng=0)
+    assert result.tokens.tolist() == expected
+    sampled = generate(target, medusa_heads(3), [1, 2, 3], max_new_tokens=12, temperature=1.0,
+                       rng=1, tree=[(0,), (1,), (0, 0)])
+    assert sampled.tokens.shape == (12,)
+    eagle3 = TransformersTarget(model, hidden_layers=[0, 1, 2])
+    with pytest.raises(ValueError, match="d_model"):
+        generate(eagle3, medusa_heads(3), [1, 2, 3], max_new_tokens=5)

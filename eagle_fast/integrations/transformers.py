@@ -186,7 +186,7 @@ class TransformersTarget:
 
         self.reset()
         cache = DynamicCache()
-        kwargs = {self._cache_keyword: cache}
+        kwargs: dict[str, Any] = {self._cache_keyword: cache}
         if self._logits_keyword is not None:
             kwargs[self._logits_keyword] = 1
         with torch.inference_mode():

@@ -226,6 +226,7 @@ def generate(target: Any, drafter: Any, input_ids: Any, *, max_new_tokens: int,
         if t == 0:
             result = verify_greedy(draft, out.logits)
         else:
+            assert generator is not None
             result = verify_sampling(draft, out.logits, temperature=t, top_p=top_p,
                                      top_k=top_k, rng=generator)
         verification += time.perf_counter() - tick
