@@ -323,10 +323,11 @@ def test_bad_arguments():
 
 def test_sampling_is_reproducible_and_top_k_1_is_greedy():
     target = TrigramTarget(9, seed=7)
+    a = generate(target, RandomTreeDrafter(9, seed=4), [1, 2], max_new_tokens=25,
+                 temperature=0.8, rng=123)
+    b = generate(target, RandomTreeDrafter(9, seed=4), [1, 2], max_new_tokens=25,
+                 temperature=0.8, rng=np.random.default_rng(123))
     drafter = RandomTreeDrafter(9, seed=4)
-    a = generate(target, drafter, [1, 2], max_new_tokens=25, temperature=0.8, rng=123)
-    b = generate(target, drafter, [1, 2], max_new_tokens=25, temperature=0.8,
-                 rng=np.random.default_rng(123))
     assert a.tokens.tolist() == b.tokens.tolist()
     g = generate(target, drafter, [1, 2], max_new_tokens=25, temperature=0.7, top_k=1, rng=5)
     assert g.tokens.tolist() == greedy_reference(target, [1, 2], 25)
