@@ -285,7 +285,7 @@ def _keep_positions(cache: Any, length: int, index: Any) -> None:
         if tensor is None or tensor.numel() == 0:
             return tensor
         if index is None:
-            return tensor[..., :length, :].contiguous()
+            return tensor[..., :length, :]  # a view: the next update copies anyway
         return tensor.index_select(-2, index)
 
     layers = getattr(cache, "layers", None)
