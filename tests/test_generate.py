@@ -37,6 +37,7 @@ class TrigramTarget:
         self.sequence: list[int] = []
         self.pending = None
         self.forwards = 0
+        self.depths: list[int] = []
 
     @property
     def cached_length(self) -> int:
@@ -70,6 +71,7 @@ class TrigramTarget:
             rows.append(self.logits_after(seq))
             hidden.append(self.hidden_after(seq))
         self.pending = tree
+        self.depths.append(tree.max_depth)
         return TargetOutput(np.array(rows), np.array(hidden))
 
     def commit(self, accepted_nodes) -> None:
@@ -195,6 +197,9 @@ def test_max_new_tokens_exact_even_inside_an_accepted_chain(max_new):
     assert result.tokens.tolist() == greedy_reference(target, [2, 7], max_new)
     assert result.finish_reason == "length"
     assert result.num_target_forwards == 1 + -(-(max_new - 1) // 6)
+    # the last tree is cut to what can still be emitted (a depth-d path emits d + 1)
+    if max_new > 1:
+        assert target.depths[-1] == min(5, (max_new - 1) - 6 * (len(target.depths) - 1) - 1)
     # the target's cache stays consistent: it holds the prompt and what was committed
     assert target.pending is None
     assert target.sequence[:2 + max_new - 1] == [2, 7] + result.tokens[:-1].tolist()
@@ -446,3 +451,27 @@ def test_the_chi_square_test_catches_a_broken_rule(monkeypatch):
 test_protocols_are_runtime_checkable = backend_independent(test_protocols_are_runtime_checkable)
 test_bad_arguments = backend_independent(test_bad_arguments)
 test_max_new_tokens_zero_runs_nothing = backend_independent(test_max_new_tokens_zero_runs_nothing)
+
+
+@backend_independent
+def test_prune_keeps_the_shallow_nodes_in_order():
+    from eagle_fast.speculative.loop import _prune
+
+    #      0
+    #     / \
+    #    1   2
+    #   / \   \
+    #  3   4   5
+    #  |
+    #  6
+    probs = np.full((7, 4), 0.25)
+    tree = DraftTree([7, 3, 4, 5, 6, 8, 9], [-1, 0, 0, 1, 1, 2, 3],
+                     scores=np.arange(7) * -1.0, draft_probs=probs)
+    assert _prune(tree, 3) is tree
+    cut = _prune(tree, 1)
+    assert cut.tokens.tolist() == [7, 3, 4] and cut.parents.tolist() == [-1, 0, 0]
+    assert cut.scores.tolist() == [0.0, -1.0, -2.0] and cut.draft_probs.shape == (3, 4)
+    cut = _prune(tree, 2)
+    assert cut.tokens.tolist() == [7, 3, 4, 5, 6, 8]
+    assert cut.parents.tolist() == [-1, 0, 0, 1, 1, 2]
+    assert _prune(tree, 0).tokens.tolist() == [7]

@@ -117,6 +117,10 @@ def test_prefill_matches_full_forward(model):
     assert out.logits.dtype == np.float64
     np.testing.assert_allclose(out.logits[0], logits[-1], rtol=0, atol=TOL)
     np.testing.assert_allclose(out.hidden_states, hidden, rtol=0, atol=TOL)
+    # the hidden states are the LM head's input (after the final norm)
+    lm_head = model.get_output_embeddings().weight.detach().numpy()
+    np.testing.assert_allclose(out.hidden_states[-1] @ lm_head.T, out.logits[0], rtol=0,
+                               atol=TOL)
     assert target.cached_length == 7
     # (1, P) input is accepted too and restarts the sequence
     out2 = target.prefill(prompt[None, :4])

@@ -15,7 +15,8 @@ their protocols.  One round:
 Greedy generation emits exactly the target's own greedy tokens, whatever the
 drafter proposes; sampling emits sequences with exactly the target's (warped)
 distribution.  Generation stops at the first ``eos_token_id`` (emitted) or
-after ``max_new_tokens`` tokens, even in the middle of an accepted path.
+after ``max_new_tokens`` tokens, even in the middle of an accepted path; in
+the last rounds the tree is cut to the depth that can still be emitted.
 """
 
 from __future__ import annotations
@@ -130,6 +131,20 @@ def _first_token(logits: np.ndarray, temperature: float, top_p: float, top_k: in
     return min(token, row.shape[0] - 1)
 
 
+def _prune(tree: DraftTree, max_depth: int) -> DraftTree:
+    """``tree`` without its nodes deeper than ``max_depth`` (ancestors come
+    first, so the kept nodes stay topological)."""
+    if tree.max_depth <= max_depth:
+        return tree
+    keep = np.flatnonzero(tree.depths <= max_depth)
+    new_index = np.full(tree.num_nodes, -1, dtype=np.int64)
+    new_index[keep] = np.arange(keep.shape[0])
+    parents = np.where(keep == 0, -1, new_index[tree.parents[keep]])
+    return DraftTree(tree.tokens[keep], parents,
+                     scores=None if tree.scores is None else tree.scores[keep],
+                     draft_probs=None if tree.draft_probs is None else tree.draft_probs[keep])
+
+
 def generate(target: Any, drafter: Any, input_ids: Any, *, max_new_tokens: int,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
              eos_token_id: Any = None, rng: Any = None, tree: Any = None
@@ -219,6 +234,8 @@ def generate(target: Any, drafter: Any, input_ids: Any, *, max_new_tokens: int,
         if int(draft.tokens[0]) != root:
             raise ValueError(f"the drafter's tree has root token {int(draft.tokens[0])}, "
                              f"expected the last emitted token {root}")
+        # nodes deeper than the tokens still to emit cannot change the output
+        draft = _prune(draft, max_new - len(emitted) - 1)
         tick = time.perf_counter()
         out = target.forward_tree(draft)
         forward += time.perf_counter() - tick
