@@ -143,7 +143,9 @@ class MedusaHeads:
         the ranked tokens: node ``(c0, ..., c_{d-1})`` gets head ``d - 1``'s
         ``c_{d-1}``-th token (Medusa's ``tree_candidates``; ``root_token`` is
         node 0). ``scores`` are the sums of the chosen tokens' log-probs
-        (softmax of ``logits / temperature``) along each path, root 0. A tree
+        (softmax of ``logits / temperature``) along each path, root 0, taken
+        from the kernel's probabilities (where a float32 probability underflows
+        to 0, that head runs once more for its exact log-softmax). A tree
         deeper than the number of heads is a ValueError.
         """
         from .speculative.medusa_tree import TreeTemplate

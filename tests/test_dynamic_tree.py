@@ -1,5 +1,7 @@
 """dynamic_tree (EAGLE-2): against an exhaustive search of the same scoring rule,
-hand-worked ties, the d2t mapping, chains and bad input."""
+hand-worked ties, the d2t mapping, chains and bad input; its row top-k kernel
+against a brute-force sort. Every test runs on every backend (the row top-k is
+a kernel)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,8 @@ import itertools
 import numpy as np
 import pytest
 
+from eagle_fast import _backend
 from eagle_fast.speculative import DraftTree, dynamic_tree, max_dynamic_tree_tokens
-from support import backend_independent
-
-pytestmark = backend_independent
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -172,7 +172,7 @@ def test_ties_keep_ancestors_and_go_to_the_lowest_index():
     # index, so with 3 kept nodes: both root children, then the first one's
     # child -- never a grandchild without its parent (which EAGLE's
     # torch.topk could pick on this tie).
-    lp_root = np.log([0.5, 0.5, 0.0, 0.0])
+    lp_root = np.array([np.log(0.5), np.log(0.5), -np.inf, -np.inf])
     certain = np.array([[0.0, -np.inf, -np.inf, -np.inf]] * 2)
     with np.errstate(divide="ignore"):
         tree = dynamic_tree(3, lp_root, lambda rows, toks: certain, top_k=2, depth=3,
@@ -391,3 +391,97 @@ def test_exhaustive_at_every_total_is_a_prefix_of_the_score_order():
     assert len(previous) == max_dynamic_tree_tokens(top_k, depth)
     assert all(len(p) <= depth + 2 for p in previous)
     assert len(list(itertools.chain(previous))) == len(previous)
+
+
+# ---------------------------------------------------------------------------
+# The row top-k kernel (compiled and fallback) against a brute-force sort
+# ---------------------------------------------------------------------------
+
+def brute_topk(rows, k):
+    ids = np.array([sorted(range(rows.shape[1]), key=lambda j: (-row[j], j))[:k]
+                    for row in rows], dtype=np.int64)
+    return ids, np.take_along_axis(rows, ids, axis=1)
+
+
+def _kernel_topk(rows, k):
+    ids = np.full((rows.shape[0], k), -7, dtype=np.int64)
+    vals = np.full((rows.shape[0], k), 7, dtype=rows.dtype)
+    top = _backend.active().module("tree").row_topk(rows, k, ids, vals)
+    assert isinstance(top, float)
+    return int(np.isnan(top)), ids, vals
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("vocab", [1, 5, 16, 17, 40, 203])
+def test_row_topk_kernel_against_brute_force(dtype, vocab):
+    rng = np.random.default_rng(vocab)
+    for trial in range(6):
+        if trial % 3 == 0:  # many ties
+            rows = rng.integers(-4, 1, size=(3, vocab)).astype(dtype)
+        elif trial % 3 == 1:  # ties and -inf
+            rows = np.where(rng.random((3, vocab)) < 0.3, -np.inf,
+                            rng.integers(-3, 1, size=(3, vocab))).astype(dtype)
+        else:
+            rows = -rng.random((3, vocab)).astype(dtype)
+        for k in sorted({1, min(2, vocab), min(3, vocab), vocab}):
+            nan, ids, vals = _kernel_topk(rows, k)
+            ref_ids, ref_vals = brute_topk(rows, k)
+            assert nan == 0
+            assert _backend.active().module("tree").row_topk(rows, k, ids, vals) == rows.max()
+            np.testing.assert_array_equal(ids, ref_ids)
+            np.testing.assert_array_equal(vals, ref_vals)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_topk_kernel_reports_nan_anywhere(dtype):
+    for vocab, k in [(40, 3), (203, 10), (7, 7)]:
+        for pos in sorted({0, k - 1, min(k, vocab - 1), vocab // 2, vocab - 1}):
+            rows = -np.ones((2, vocab), dtype=dtype)
+            rows[1, pos] = np.nan
+            assert _kernel_topk(rows, k)[0] == 1, (vocab, k, pos)
+        assert _kernel_topk(-np.ones((2, vocab), dtype=dtype), k)[0] == 0
+
+
+def test_row_topk_kernel_on_a_large_row_with_a_late_maximum():
+    # the winner sits in the vector scan's tail and mid-block
+    rows = np.full((2, 128256), -5.0, dtype=np.float32)
+    rows[0, 128255] = -0.5
+    rows[0, 70001] = -1.0
+    rows[1, 3] = -2.0
+    nan, ids, vals = _kernel_topk(rows, 3)
+    assert nan == 0
+    assert ids[0].tolist() == [128255, 70001, 0]
+    assert ids[1].tolist() == [3, 0, 1]
+    np.testing.assert_array_equal(vals[0], np.float32([-0.5, -1.0, -5.0]))
+
+
+def test_float16_log_probs_and_read_only_non_contiguous_input():
+    drafter = PathDrafter(0, 6)
+    lp = drafter.root_logprobs()
+    tree64 = dynamic_tree(0, lp, drafter, top_k=2, depth=2, total_tokens=6)
+    drafter16 = PathDrafter(0, 6)
+    tree16 = dynamic_tree(0, lp.astype(np.float16), lambda r, t: drafter16(r, t).astype(
+        np.float16), top_k=2, depth=1, total_tokens=4)
+    assert tree16.tokens[1:3].tolist() == tree64.tokens[1:3].tolist()
+    strided = np.repeat(lp, 2)[::2]
+    strided.flags.writeable = False
+    assert not strided.flags.c_contiguous
+    rows = np.repeat(np.tile(lp, (2, 1)), 2, axis=1)[:, ::2]
+    rows.flags.writeable = False
+    tree = dynamic_tree(0, strided, lambda r, t: rows, top_k=2, depth=2, total_tokens=9)
+    plain = np.tile(lp, (2, 1))
+    same = dynamic_tree(0, lp.copy(), lambda r, t: plain, top_k=2, depth=2, total_tokens=9)
+    assert tree == same
+    np.testing.assert_array_equal(tree.scores, same.scores)
+
+
+def test_slightly_positive_log_probs_still_keep_ancestors():
+    # a caller's log-softmax may round the best log-prob to a hair above 0;
+    # the child then outscores its parent, yet a kept child keeps its parent
+    lp_root = np.array([-1.0, -1.00001, -3.0, -4.0])
+    rows = np.array([[5e-4, -2.0, -3.0, -4.0], [-2.0, -2.5, -3.0, -4.0]])
+    tree = dynamic_tree(7, lp_root, lambda r, t: rows, top_k=2, depth=1, total_tokens=2)
+    assert tree.tokens.tolist() == [7, 0] and tree.parents.tolist() == [-1, 0]
+    tree = dynamic_tree(7, lp_root, lambda r, t: rows, top_k=2, depth=1, total_tokens=3)
+    assert tree.tokens.tolist() == [7, 0, 0] and tree.parents.tolist() == [-1, 0, 1]
+    np.testing.assert_allclose(tree.scores, [0, -1.0, -1.0 + 5e-4])

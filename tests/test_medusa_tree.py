@@ -333,3 +333,20 @@ def test_draft_tree_errors():
         small.draft_tree(hidden, 0, [[0], [0, 1]])  # top_k=10 > vocab 6
     tree = small.draft_tree(hidden, 0, TreeTemplate.from_medusa_choices([[0], [0, 5]], 6))
     assert tree.num_nodes == 3
+
+
+def test_draft_tree_log_probs_below_float32_range():
+    # logits 0, -10, ..., -110: the last ranks' float32 probabilities underflow
+    # to 0, yet the tree's scores are the exact log-softmax values
+    d, vocab = 4, 12
+    L = np.zeros((vocab, d), dtype=np.float32)
+    L[:, 0] = -10.0 * np.arange(vocab)
+    head = DraftHead(np.zeros((d, d), np.float32), np.zeros(d, np.float32), L, residual=True)
+    medusa = MedusaHeads([head, head])
+    hidden = np.array([1.0, 0, 0, 0], dtype=np.float32)
+    template = TreeTemplate.from_medusa_choices([[0], [11], [11, 11]], top_k=12)
+    tree = medusa.draft_tree(hidden, 3, template)
+    logits = -10.0 * np.arange(vocab)
+    lse = np.log(np.exp(logits).sum())
+    assert tree.tokens.tolist() == [3, 0, 11, 11]
+    np.testing.assert_allclose(tree.scores, [0, -lse, -110 - lse, -220 - 2 * lse], rtol=1e-6)

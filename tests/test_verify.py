@@ -396,3 +396,61 @@ def test_bad_inputs():
         verify_chain([[1]], [[eye[1]]], [eye[[1]]], rng=rng)
     with pytest.raises(ValueError, match=r"draft_tokens must lie in \[0, 4\)"):
         verify_chain([[7]], [[eye[1]]], [eye[[1, 2]]], rng=rng)
+
+
+# -- the kernels' row passes at realistic widths (vector lanes and tails) ------------
+
+@pytest.mark.parametrize("vocab", [7, 8, 9, 33, 1003, 4099])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_greedy_argmax_wide_rows(vocab, dtype):
+    rng = np.random.default_rng(vocab)
+    tokens = rng.integers(0, vocab, size=6)
+    tree = DraftTree.chain(tokens)
+    for trial in range(20):
+        logits = rng.integers(-3, 3, size=(6, vocab)).astype(dtype)   # many ties
+        depth = int(rng.integers(0, 6))
+        for i in range(depth):
+            logits[i, tokens[i + 1]] = 3      # the max (possibly tied further on)
+        if trial % 2:
+            logits[:, 0] = 3                  # a tie at index 0 wins
+        v = verify_greedy(tree, logits)
+        path, next_token = eagle_greedy_reference(tree, logits)
+        assert v.accepted_nodes.tolist() == path and v.next_token == next_token
+
+
+@pytest.mark.parametrize("vocab", [5, 8, 1003, 32003])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("warp", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.3, 40, 1.0), (0.9, 0, 0.8),
+                                  (1.0, 7, 0.5)])
+def test_sampling_final_draw_is_the_inverse_cdf(vocab, dtype, warp):
+    # A root-only tree: the next token is the inverse CDF of p at the run's last
+    # uniform -- computed here from float64 NumPy (warp_probs) and rng's stream.
+    temperature, top_k, top_p = warp
+    rng = np.random.default_rng(vocab)
+    logits = (rng.standard_normal((1, vocab)) * 3).astype(dtype)
+    tree = DraftTree([0], [-1])
+    runs = 200
+    many = verify_sampling_many(tree, logits, runs, temperature=temperature, top_k=top_k,
+                                top_p=top_p, rng=np.random.default_rng(1))
+    u = np.random.default_rng(1).random((runs, 1))[:, 0]
+    p = warp_probs(logits[0].astype(np.float64), temperature=temperature, top_k=top_k,
+                   top_p=top_p)
+    cdf = np.cumsum(p)
+    expected = np.searchsorted(cdf, u * cdf[-1], side="right")
+    assert (many.num_accepted == 0).all()
+    assert np.mean(many.next_token == expected) >= 0.995   # rounding at a boundary only
+    assert (p[many.next_token] > 0).all()
+
+
+def test_kernel_and_fallback_share_the_api(active_backend):
+    from eagle_fast import _backend
+    from support import require_compiled
+    module = _backend.active().module("verify")
+    fallback = _backend.load("python").module("verify")
+    for name in ("greedy", "sample"):
+        assert callable(getattr(module, name)) and callable(getattr(fallback, name))
+    if active_backend[0] == "compiled":
+        path = module.__file__ or ""
+        assert path.endswith((".so", ".pyd")) or not require_compiled(), path
+        expected = "_verify_kernel_v3" if active_backend[1] == "x86-64-v3" else "_verify_kernel"
+        assert module.__name__.rsplit(".", 1)[1] == expected

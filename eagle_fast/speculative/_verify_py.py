@@ -132,8 +132,10 @@ def _sample_block(tokens: np.ndarray, offsets: np.ndarray, child_ids: np.ndarray
 def sample(tokens: np.ndarray, parents: np.ndarray, offsets: np.ndarray,
            child_ids: np.ndarray, logits: np.ndarray, draft_probs: np.ndarray, has_q: bool,
            temperature: float, top_k: int, top_p: float, uniforms: np.ndarray,
-           paths: np.ndarray, lengths: np.ndarray, next_tokens: np.ndarray) -> int:
-    """See the kernel's ``sample`` (runs advanced in blocks, same arithmetic)."""
+           paths: np.ndarray, lengths: np.ndarray, next_tokens: np.ndarray,
+           work: Optional[np.ndarray] = None) -> int:
+    """See the kernel's ``sample`` (runs advanced in blocks, same arithmetic;
+    ``work`` is not needed)."""
     inv_t = 1.0 / temperature
     q = draft_probs if has_q else None
     block = max(1, _BLOCK_ELEMENTS // logits.shape[1])

@@ -27,6 +27,16 @@ attaches the child to a wrong node; here that cannot happen.
 Scores are accumulated in the floating dtype of ``root_logprobs`` (float16,
 float32 or float64; other real dtypes become float64), as EAGLE adds them in
 its model's dtype; the returned :class:`DraftTree` holds them as float64.
+
+Log-probs may be ``-inf`` (a token of probability 0); NaN, ``+inf`` and values
+above 1e-3 (logits passed by mistake) are a ValueError. A log-prob a hair above
+0 (rounding in a caller's log-softmax) could lift a child above its parent; the
+final selection therefore ranks each node by the smallest score on its path,
+which is its own score whenever log-probs are <= 0.
+
+Speed: the per-row top-k of every round (the only pass over V) is a compiled
+kernel (``src/_tree_kernel.pyx``, fallback ``_tree_py.py``); everything else
+works on the ``top_k + depth * top_k**2`` scored nodes.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .. import _backend
 from .tree import DraftTree
 
 __all__ = ["dynamic_tree", "max_dynamic_tree_tokens"]
@@ -67,21 +78,6 @@ def _positive_int(value: Any, name: str, minimum: int) -> int:
 _LOGPROB_MAX = 1e-3
 
 
-def _check_finite_above(array: np.ndarray, name: str) -> None:
-    """Reject NaN, +inf and positive values (-inf, a log-prob of 0, is
-    fine) in one pass."""
-    top = array.max()
-    if top < np.inf and top > _LOGPROB_MAX:
-        where = np.unravel_index(int(np.argmax(array)), array.shape)
-        raise ValueError(f"{name} holds {float(top):.6g} at index {tuple(int(i) for i in where)}; "
-                         "log-probs must be <= 0 (pass log-softmax output, not logits)")
-    if not top < np.inf:  # NaN propagates through max
-        kind = "NaN" if np.isnan(array).any() else "+inf"
-        where = np.argwhere(np.isnan(array) if kind == "NaN" else np.isposinf(array))[0]
-        raise ValueError(f"{name} contains {kind} at index {tuple(int(i) for i in where)}; "
-                         "log-probs must be finite or -inf")
-
-
 def _logprob_array(value: Any, name: str, shape: tuple[int, ...], shape_text: str
                    ) -> np.ndarray:
     array = np.asarray(value)
@@ -93,33 +89,34 @@ def _logprob_array(value: Any, name: str, shape: tuple[int, ...], shape_text: st
         array = array.astype(np.float64)
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape_text} = {shape}, got {array.shape}")
-    _check_finite_above(array, name)
     return array
 
 
-def _row_topk(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``k`` largest entries, best first, ties to the lower index:
-    (indices (r, k) int64, values (r, k) in the rows' dtype)."""
-    r, v = rows.shape
-    if k == v:
-        idx = np.argsort(-rows, axis=1, kind="stable")
-    else:
-        part = np.argpartition(rows, v - k, axis=1)[:, v - k:]
-        vals = np.take_along_axis(rows, part, axis=1)
-        thresh = vals.min(axis=1)
-        # argpartition picks an arbitrary subset of the entries tied with the
-        # k-th largest; redo the rows where that subset is not the lowest ids.
-        eq_inside = (vals == thresh[:, None]).sum(axis=1)
-        eq_total = (rows == thresh[:, None]).sum(axis=1)
-        for i in np.flatnonzero(eq_total != eq_inside):
-            above = np.flatnonzero(rows[i] > thresh[i])
-            equal = np.flatnonzero(rows[i] == thresh[i])[:k - above.shape[0]]
-            part[i] = np.concatenate((above, equal))
-            vals[i] = rows[i, part[i]]
-        order = np.lexsort((part, -vals), axis=-1)
-        idx = np.take_along_axis(part, order, axis=1)
-    idx = idx.astype(np.int64, copy=False)
-    return idx, np.take_along_axis(rows, idx, axis=1)
+def _row_topk(kernel: Any, rows: np.ndarray, k: int, ids: np.ndarray, vals: np.ndarray,
+              name: str, vector: bool = False) -> float:
+    """Each row's ``k`` largest entries, best first, ties to the lower index,
+    into ``ids`` (r, k) int64 and ``vals`` (r, k) (of the rows' dtype, or
+    float32 for float16 rows) by the backend's ``kernel``. NaN, +inf and
+    positive log-probs raise ValueError naming ``name`` (a (V,) vector as one
+    row when ``vector``). Returns the largest entry."""
+    if rows.dtype == np.float16:
+        rows = rows.astype(np.float32)
+    elif not rows.flags.c_contiguous:
+        rows = np.ascontiguousarray(rows)
+    top = kernel.row_topk(rows, k, ids, vals)  # the largest entry, NaN if any
+    if top != top:
+        where = np.argwhere(np.isnan(rows))[0][1 if vector else 0:]
+        raise ValueError(f"{name} contains NaN at index {tuple(int(i) for i in where)}; "
+                         "log-probs must be finite or -inf")
+    if top > _LOGPROB_MAX:
+        where = np.unravel_index(int(np.argmax(rows)), rows.shape)
+        index = tuple(int(i) for i in where)[1 if vector else 0:]
+        if top == np.inf:
+            raise ValueError(f"{name} contains +inf at index {index}; "
+                             "log-probs must be finite or -inf")
+        raise ValueError(f"{name} holds {top:.6g} at index {index}; "
+                         "log-probs must be <= 0 (pass log-softmax output, not logits)")
+    return top
 
 
 def _best_first(scores: np.ndarray, count: int) -> np.ndarray:
@@ -223,56 +220,72 @@ def dynamic_tree(root_token: int, root_logprobs: Any, expand: ExpandFn, *, top_k
 
     k = top_k
     n_scored = k + depth * k * k
+    kernel = _backend.active().module("tree")
+    # The scoring list, in EAGLE's flat order: the root's k children, then per
+    # round k x k children (frontier row by frontier row, children by rank).
     flat_scores = np.empty(n_scored, dtype=score_dtype)
     flat_tokens = np.empty(n_scored, dtype=np.int64)
-    flat_parent = np.empty(n_scored, dtype=np.int64)  # flat index of the parent, -1 = root
-    # Selection key: the smallest score on the node's path. It equals the score
-    # for log-probs <= 0; for a slightly positive "log-prob" (rounding in a
-    # caller's log-softmax) it still keeps the ancestors of every kept node.
-    flat_key = np.empty(n_scored, dtype=score_dtype)
+    frontiers = np.empty((depth, k), dtype=np.int64)  # flat indices of each expanded frontier
 
-    ids, vals = _row_topk(root_lp[None, :], k)
+    def topk_buffers(dtype: np.dtype, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        work = np.float32 if dtype == np.float16 else dtype
+        return np.empty((rows, k), dtype=np.int64), np.empty((rows, k), dtype=work)
+
+    ids, vals = topk_buffers(root_lp.dtype, 1)
+    top = _row_topk(kernel, root_lp[None, :], k, ids, vals, "root_logprobs", vector=True)
     tokens = _map_d2t(ids[0], d2t_map)
     if d2t_map is not None and k > 1:
         _check_siblings_distinct(tokens[None, :])
-    scores = vals[0]
+    scores = vals[0].astype(score_dtype)  # a copy: vals is reused
     flat_scores[:k] = scores
     flat_tokens[:k] = tokens
-    flat_parent[:k] = -1
-    flat_key[:k] = scores
     frontier_flat = np.arange(k, dtype=np.int64)
     parent_rows = np.zeros(k, dtype=np.int64)
     offset = k
     for round_ in range(depth):
+        name = f"expand's output (round {round_})"
         out = expand(parent_rows.copy(), tokens.copy())
-        rows = _logprob_array(out, f"expand's output (round {round_})", (k, vocab),
-                              "(top_k, V)")
-        ids, vals = _row_topk(rows, k)
+        rows = _logprob_array(out, name, (k, vocab), "(top_k, V)")
+        work = np.float32 if rows.dtype == np.float16 else rows.dtype
+        if ids.shape[0] != k or vals.dtype != work:  # reused from round to round
+            ids, vals = topk_buffers(rows.dtype, k)
+        top = max(top, _row_topk(kernel, rows, k, ids, vals, name))
         child_tokens = _map_d2t(ids, d2t_map)
         if d2t_map is not None and k > 1:
             _check_siblings_distinct(child_tokens)
-        cu = (vals.astype(score_dtype, copy=False) + scores[:, None]).ravel()
-        block = slice(offset, offset + k * k)
-        flat_scores[block] = cu
-        flat_tokens[block] = child_tokens.ravel()
-        flat_parent[block] = np.repeat(frontier_flat, k)
-        flat_key[block] = np.minimum(cu, np.repeat(flat_key[frontier_flat], k))
-        best = _best_first(cu, k)
-        scores = cu[best]
+        block = flat_scores[offset:offset + k * k]
+        np.add(vals, scores[:, None], out=block.reshape(k, k), casting="unsafe")
+        flat_tokens[offset:offset + k * k] = child_tokens.ravel()
+        frontiers[round_] = frontier_flat
+        best = _best_first(block, k)
+        scores = block[best]
         parent_rows = best // k
-        tokens = flat_tokens[offset + best]
         frontier_flat = offset + best
+        tokens = flat_tokens[frontier_flat]
         offset += k * k
 
-    keep = np.sort(_best_first(flat_key, total_tokens - 1))
-    node_of = np.full(n_scored, -1, dtype=np.int64)
-    node_of[keep] = np.arange(1, total_tokens, dtype=np.int64)
-    parent_flat = flat_parent[keep]
+    # parent of every scored node, as a flat index + 1 (0 = the root)
+    flat_parent1 = np.zeros(n_scored, dtype=np.int64)
+    flat_parent1[k:] = np.repeat(frontiers.ravel() + 1, k)
+    key = flat_scores
+    if top > 0:
+        # A slightly positive "log-prob" (rounding in a caller's log-softmax)
+        # could lift a child above its parent: select by the smallest score on
+        # each path instead, which equals the score whenever log-probs <= 0.
+        key = flat_scores.copy()
+        for start in range(k, n_scored, k * k):
+            block_parents = flat_parent1[start:start + k * k] - 1
+            np.minimum(key[start:start + k * k], key[block_parents],
+                       out=key[start:start + k * k])
+    keep = np.sort(_best_first(key, total_tokens - 1))
+    node_of = np.full(n_scored + 1, -1, dtype=np.int64)  # flat index + 1 -> node
+    node_of[0] = 0
+    node_of[keep + 1] = np.arange(1, total_tokens, dtype=np.int64)
     parents = np.empty(total_tokens, dtype=np.int64)
     parents[0] = -1
-    parents[1:] = np.where(parent_flat < 0, 0, node_of[np.maximum(parent_flat, 0)])
+    parents[1:] = node_of[flat_parent1[keep]]
     # Ties go to the lower index and a child's key is never above its parent's,
-    # so every kept node's parent is kept (node_of >= 1); see the module docstring.
+    # so every kept node's parent is kept (node_of >= 0); see the module docstring.
     assert (parents[1:] >= 0).all()
     tree_tokens = np.empty(total_tokens, dtype=np.int64)
     tree_tokens[0] = root

@@ -27,8 +27,9 @@ logits in place; other floating dtypes are converted to float32.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -255,6 +256,18 @@ def _sampling_inputs(tree: DraftTree, target_logits: Any, temperature: Any, top_
     return logits, np.zeros((1, 1), dtype=np.float64), False, t, top_p, top_k
 
 
+_scratch = threading.local()
+
+
+def _work_buffer(vocab: int) -> np.ndarray:
+    """This thread's kernel scratch (2 V doubles), kept between calls."""
+    work = getattr(_scratch, "work", None)
+    if work is None or work.shape[0] < 2 * vocab:
+        work = np.zeros(2 * vocab, dtype=np.float64)
+        _scratch.work = work
+    return work
+
+
 def _run_sampling(tree: DraftTree, logits: np.ndarray, q: np.ndarray, has_q: bool,
                   t: float, top_p: float, top_k: int, uniforms: np.ndarray
                   ) -> SampledVerifications:
@@ -265,7 +278,7 @@ def _run_sampling(tree: DraftTree, logits: np.ndarray, q: np.ndarray, has_q: boo
     kernel = _backend.active().module("verify")
     bad = kernel.sample(tree.tokens, tree.parents, tree.child_offsets, tree.child_ids,
                         logits, q, has_q, t, top_k, top_p, uniforms, paths, lengths,
-                        next_tokens)
+                        next_tokens, _work_buffer(logits.shape[1]))
     if bad >= 0:
         raise _bad_row("target_logits", bad)
     return SampledVerifications(paths, lengths - 1, next_tokens, tree.tokens)
@@ -404,7 +417,7 @@ def verify_chain(draft_tokens: Any, draft_probs: Any, target_probs: Any, *,
         raise ValueError(f"draft_tokens must lie in [0, {vocab}), got "
                          f"[{tokens.min()}, {tokens.max()}]")
     u = rng.random((batch, k))
-    u_final = rng.random(batch)
+    u_final = np.asarray(rng.random(batch))
     rows = np.arange(batch)[:, None]
     cols = np.arange(k)[None, :]
     px = p[rows, cols, tokens] if k else np.zeros((batch, 0))
