@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _backend
 from ._head import PARALLEL_MIN_WEIGHT_BYTES
-from ._validation import check_finite, head_arrays, numeric_array
+from ._validation import aligned, check_finite, head_arrays, numeric_array
 
 # CPython >= 3.12 sums floats with Neumaier compensation; the spec's
 # ``sum(exps)`` does whatever the running interpreter does, and so do we.
@@ -62,7 +62,8 @@ def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projecti
     if math.isnan(temperature):
         raise ValueError("temperature must not be NaN")
 
-    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (h, weight, bias, lm_head)]
+    arrays = [aligned(np.ascontiguousarray(a, dtype=np.float64))
+              for a in (h, weight, bias, lm_head)]
     for name, array in zip(_ARG_NAMES, arrays):
         check_finite(array, name)
     vocab = lm_head.shape[0]
