@@ -117,8 +117,8 @@ class DraftHead:
         id of ``d2t``); only with ``d2t``.
 
     Weights are checked once here (shapes, finite values) and converted to
-    C-contiguous arrays; arrays that already are in the stored form are not
-    copied, so do not modify them afterwards.
+    C-contiguous, aligned arrays; arrays that already are in the stored form
+    are not copied, so do not modify them afterwards.
     """
 
     def __init__(self, projection_weight: Any, projection_bias: Any,

@@ -8,7 +8,9 @@
   an all-zero row gets ``q = 0`` and ``scale = 0``.
 
 Every stored value converts exactly to float32, and low-precision heads
-compute in float32: the kernels use exactly the dequantized weights.
+compute in float32: the kernels use exactly the dequantized weights (int8
+rows apply their scale to the finished dot product ``q . x``, and fall back
+to the dequantized row where that sum would overflow float32).
 """
 
 from __future__ import annotations
