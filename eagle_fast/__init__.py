@@ -11,12 +11,17 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 * :class:`MedusaHeads` -- several residual (Medusa) heads run in one call;
   ``DraftHead(..., d2t=...)`` maps an EAGLE-3 draft vocabulary to target ids.
 * ``DraftHead.save(path)`` / ``DraftHead.load(path)`` and
-  :func:`load_medusa` -- safetensors checkpoints (``pip install
-  "eagle-fast[safetensors]"``); bad files raise :class:`CheckpointError`.
-* :func:`eagle_draft_from_hidden` -- the specification's function, bit-exact.
+  :func:`load_medusa` -- safetensors checkpoints (no extra package needed);
+  bad files raise :class:`CheckpointError`.
+* :func:`eagle_draft_from_hidden` -- the reference function whose semantics
+  the package follows (the README's "reference function"), bit-exact.
+* :mod:`eagle_fast.speculative` -- speculative decoding: :class:`DraftTree`,
+  static Medusa trees (:class:`TreeTemplate`, ``MedusaHeads.draft_tree``) and
+  EAGLE-2 dynamic trees (:func:`dynamic_tree`).
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
-  Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback.
+  Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback;
+  without its compiled kernels the package warns at import and says why.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
 from ._storage import WEIGHT_DTYPES
+from .speculative import DraftTree, TreeTemplate, dynamic_tree
 
 __version__ = "0.1.0"
 __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "CheckpointError", "compare", "Comparison",
-           "WEIGHT_DTYPES",
+           "WEIGHT_DTYPES", "DraftTree", "TreeTemplate", "dynamic_tree",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 

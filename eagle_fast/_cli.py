@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
+import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, TextIO, Union
 
 import numpy as np
 
-from . import _backend, build_info
+from . import __version__, _backend, build_info
 from ._checkpoint import FORMAT, MEDUSA_FORMAT, CheckpointError, inspect_checkpoint, load_medusa
-from ._head import DraftHead
+from ._head import DraftHead, DraftResult
 from ._medusa import MedusaHeads
 from ._storage import LOW_PRECISION
 
@@ -27,44 +30,206 @@ PRESETS = {
     "llama-3-8b": (4096, 4096, 128256),
 }
 
+DESCRIPTION = """\
+Run and time EAGLE-style speculative-decoding draft heads on this CPU
+(x = SiLU(W h + b), logits = L x, probs = softmax(logits / T), top-k).
+"""
 
-def _random_head(d_model: int, d_proj: int, vocab: int, dtype: str,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    weight = rng.standard_normal((d_proj, d_model), dtype=np.float32) / np.sqrt(d_model)
-    bias = rng.standard_normal(d_proj, dtype=np.float32) * 0.1
-    # A scale that gives a peaked distribution, like a trained LM head.
-    lm_head = rng.standard_normal((vocab, d_proj), dtype=np.float32) * (4 / np.sqrt(d_proj))
-    return weight.astype(dtype), bias.astype(dtype), lm_head.astype(dtype)
+EPILOG = """\
+examples:
+  eagle-fast demo                         a Llama-7B-sized head on random weights
+  eagle-fast demo --preset tiny --top-k 4 --batch 3
+  eagle-fast demo --weight-dtype int8     the same head stored in 1 byte per weight
+  eagle-fast demo --checkpoint draft_head.safetensors
+  eagle-fast inspect medusa_lm_head.safetensors --json
+  eagle-fast info                         how the kernels were built (JSON)
+"""
+
+# Bytes per weight of each storage type.
+_STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1}
+# Weights per block while building random weights (bounds the temporaries).
+_BLOCK_WEIGHTS = 1 << 20
+# The calibration head that the demo's time estimate is scaled from.
+_CALIBRATION_WEIGHTS = 1 << 21
+# Python, NumPy and the package themselves, for the memory estimate.
+_BASE_BYTES = 64 << 20
 
 
-def _median_us(head: Model, hidden: np.ndarray, top_k: int, seconds: float) -> float:
-    """Median µs per call over batches of calls lasting ~1 ms each."""
-    head.predict(hidden, top_k=top_k)  # warm-up
+class _DemoError(Exception):
+    """A demo that cannot run here (printed as an error, exit status 1)."""
+
+
+class _UsageError(Exception):
+    """Arguments that do not fit the head (an argparse error, exit status 2)."""
+
+
+# -- argument types ----------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text}")
+    return value
+
+
+# -- random weights and the cost of a demo -------------------------------------
+
+def _random_head(d_model: int, d_proj: int, vocab: int, dtype: str, rng: np.random.Generator,
+                 progress: Optional[Callable[[float], None]] = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W, b, L of a random head, filled block by block (no full-size temporaries)
+    from float32 normals; ``progress(fraction)`` is called after each block."""
+    weight = np.empty((d_proj, d_model), dtype=dtype)
+    lm_head = np.empty((vocab, d_proj), dtype=dtype)
+    total, done = weight.size + lm_head.size, 0
+    # W: unit-variance pre-activations; L: a scale that gives a peaked
+    # distribution, like a trained LM head.
+    for matrix, scale in ((weight, 1 / math.sqrt(d_model)), (lm_head, 4 / math.sqrt(d_proj))):
+        rows = max(1, _BLOCK_WEIGHTS // matrix.shape[1])
+        for start in range(0, matrix.shape[0], rows):
+            block = rng.standard_normal((min(rows, matrix.shape[0] - start), matrix.shape[1]),
+                                        dtype=np.float32)
+            block *= np.float32(scale)
+            matrix[start:start + len(block)] = block
+            done += block.size
+            del block  # before the next one is drawn
+            if progress is not None:
+                progress(done / total)
+    bias = (rng.standard_normal(d_proj, dtype=np.float32) * np.float32(0.1)).astype(dtype)
+    return weight, bias, lm_head
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to a new allocation (Linux: MemAvailable),
+    or None when unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _demo_memory(n_weights: int, n_bias: int, vocab: int, d_model: int, itemsize: int,
+                 weight_dtype: Optional[str], batch: int) -> int:
+    """Peak bytes of a preset demo: the random weights (and the block being
+    drawn); the extra of the one head alive at a time -- its low-precision
+    copy, the fallback's float32 copy of that (8 bytes per weight while it is
+    dequantized), a 1-byte finiteness mask while a head is checked; and per
+    hidden state the vocab-sized logits and softmax temporaries of NumPy and
+    of the fallback (float64)."""
+    weights = (n_weights + n_bias) * itemsize
+    stored = _STORED_BYTES[weight_dtype] if weight_dtype else 0
+    extra = n_weights * (stored + (8 if weight_dtype else 0) + 1)
+    per_state = vocab * 6 * 8 + d_model * 8
+    return _BASE_BYTES + weights + _BLOCK_WEIGHTS * 4 + extra + batch * per_state
+
+
+def _calibrate(d_model: int, d_proj: int, vocab: int, dtype: str,
+               weight_dtype: Optional[str], backends: list[tuple[str, Optional[str]]]) -> float:
+    """Seconds per weight to build the random weights and then a head on each
+    of ``backends``, measured on a small head of the same dtypes."""
+    d_model_c, d_proj_c = min(d_model, 256), min(d_proj, 256)
+    vocab_c = max(1, min(vocab, _CALIBRATION_WEIGHTS // d_proj_c))
+    n_c = d_proj_c * d_model_c + vocab_c * d_proj_c
+    saved = _backend.active()
     start = time.perf_counter()
-    head.predict(hidden, top_k=top_k)
-    once = max(time.perf_counter() - start, 1e-7)
-    calls = max(1, int(1e-3 / once))
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(samples) < 7 or (time.perf_counter() < deadline and len(samples) < 1000):
-        start = time.perf_counter()
-        for _ in range(calls):
-            head.predict(hidden, top_k=top_k)
-        samples.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(samples)
+    try:
+        weights = _random_head(d_model_c, d_proj_c, vocab_c, dtype, np.random.default_rng(1))
+        for backend in backends:
+            _backend.use(*backend)
+            DraftHead(*weights, weight_dtype=weight_dtype)
+    finally:
+        _backend._active = saved
+    return (time.perf_counter() - start) / n_c
+
+
+def _seconds_text(seconds: float) -> str:
+    return "under 1 s" if seconds < 1 else f"about {seconds:.0f} s"
+
+
+def _timing_text(seconds: float) -> str:
+    contenders = len(_all_backends()) + 1  # and NumPy by hand
+    return (f"{seconds:g} s of timing for each of {contenders} contenders (more if one "
+            "call takes longer than a ninth of that)")
+
+
+class _Progress:
+    """``building random weights: 42 %`` on a terminal's stderr, updated in place."""
+
+    def __init__(self, label: str, stream: Optional[TextIO] = None) -> None:
+        self.stream: TextIO = sys.stderr if stream is None else stream
+        self.label, self.shown = label, -1
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def __call__(self, fraction: float) -> None:
+        percent = int(fraction * 100)
+        if self.live and percent != self.shown:
+            self.shown = percent
+            self.stream.write(f"\r{self.label}: {percent:3d} %")
+            self.stream.flush()
+
+    def done(self) -> None:
+        if self.live and self.shown >= 0:
+            self.stream.write("\r" + " " * (len(self.label) + 7) + "\r")
+            self.stream.flush()
+
+
+# -- the demo ------------------------------------------------------------------------
+
+def _all_backends() -> list[tuple[str, Optional[str]]]:
+    backends: list[tuple[str, Optional[str]]] = [
+        ("compiled", level) for level in _backend.simd_levels_available()]
+    backends.append(("python", None))
+    return backends
 
 
 def demo(preset: str, dtype: str, weight_dtype: Optional[str], batch: int, top_k: int,
          seconds: float) -> None:
     d_model, d_proj, vocab = PRESETS[preset]
-    rng = np.random.default_rng(0)
-    weights = _random_head(d_model, d_proj, vocab, dtype, rng)
-    shape = (d_model,) if batch == 1 else (batch, d_model)
-    hidden = rng.standard_normal(shape).astype(dtype) * 2
+    if top_k > vocab:
+        raise _UsageError(f"--top-k {top_k} is larger than the vocabulary ({vocab})")
+    backends = _all_backends()
+    n_weights = d_proj * d_model + vocab * d_proj
     stored = f", weights stored as {weight_dtype}" if weight_dtype else ""
     print(f"eagle_fast demo: preset {preset} (d_model={d_model}, d_proj={d_proj}, "
           f"vocab={vocab}), {dtype}{stored}, batch {batch}, top_k {top_k}")
-    _run_demo(lambda: DraftHead(*weights, weight_dtype=weight_dtype), hidden, top_k, seconds)
+    memory = _demo_memory(n_weights, d_proj, vocab, d_model, np.dtype(dtype).itemsize,
+                          weight_dtype, batch)
+    _check_memory(memory)
+    setup = _calibrate(d_model, d_proj, vocab, dtype, weight_dtype, backends) * n_weights
+    print(f"cost: about {_bytes_text(memory)} of memory, {_seconds_text(setup)} to build "
+          f"the random weights and a head per backend, then {_timing_text(seconds)}",
+          flush=True)
+
+    rng = np.random.default_rng(0)
+    progress = _Progress("building random weights")
+    start = time.perf_counter()
+    weights = _random_head(d_model, d_proj, vocab, dtype, rng, progress)
+    progress.done()
+    print(f"random weights built in {time.perf_counter() - start:.1f} s", flush=True)
+    shape = (d_model,) if batch == 1 else (batch, d_model)
+    hidden = rng.standard_normal(shape).astype(dtype) * 2
+    _run_demo(lambda: DraftHead(*weights, weight_dtype=weight_dtype), hidden, top_k, seconds,
+              numpy_weights=[(*weights, False, None)])
 
 
 def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float) -> None:
@@ -73,48 +238,154 @@ def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float) -> None:
     if info["format"] not in (FORMAT, MEDUSA_FORMAT):
         raise CheckpointError(f"{path}: neither an eagle_fast draft head nor a Medusa "
                               "checkpoint (see eagle-fast inspect)")
+    vocab = min(head["vocab_size"] for head in info["heads"])
+    if top_k > vocab:
+        raise _UsageError(f"--top-k {top_k} is larger than the checkpoint's vocabulary "
+                          f"({vocab})")
+    # One loaded copy at a time, plus NumPy's and the fallback's float32 copy
+    # of a low-precision file (twice that while it is dequantized; else the
+    # finiteness check), plus the vocab-sized temporaries of a batch.
+    n_weights = sum(h["d_proj"] * (h["d_model"] + h["vocab_size"]) for h in info["heads"])
+    low = info["heads"][0]["weight_dtype"] in LOW_PRECISION
+    memory = (_BASE_BYTES + info["file_bytes"] + (8 if low else 1) * n_weights
+              + batch * len(info["heads"]) * vocab * 6 * 8)
+    _check_memory(memory)
 
     def load() -> Model:
         return load_medusa(path) if info["format"] == MEDUSA_FORMAT else DraftHead.load(path)
 
-    model = load()
-    rng = np.random.default_rng(0)
-    shape = (model.d_model,) if batch == 1 else (batch, model.d_model)
-    hidden = rng.standard_normal(shape).astype(model.dtype) * 2
     print(f"eagle_fast demo: checkpoint {path}")
-    print(f"  {_describe(info)}; compute dtype {model.dtype}, batch {batch}, top_k {top_k}")
+    print(f"  {_describe(info)}; batch {batch}, top_k {top_k}")
+    print(f"cost: about {_bytes_text(memory)} of memory, loading the file once per "
+          f"backend, then {_timing_text(seconds)}", flush=True)
+    d_model = info["heads"][0]["d_model"]
+    dtype = np.float64 if info["heads"][0]["weight_dtype"] == "float64" else np.float32
+    rng = np.random.default_rng(0)
+    shape = (d_model,) if batch == 1 else (batch, d_model)
+    hidden = rng.standard_normal(shape).astype(dtype) * 2
     _run_demo(load, hidden, top_k, seconds)
 
 
-def _run_demo(make: Callable[[], Model], hidden: np.ndarray, top_k: int,
-              seconds: float) -> None:
-    """Predictions of ``make()`` on ``hidden``, and µs per call on every backend
-    (``make`` is called once per backend, heads binding the active one)."""
+def _check_memory(needed: int) -> None:
+    available = _available_memory()
+    if available is not None and needed > available:
+        raise _DemoError(f"this demo needs about {_bytes_text(needed)} of memory and "
+                         f"{_bytes_text(available)} is available; choose a smaller "
+                         "--preset or --batch")
+
+
+def _numpy_predictor(heads: list[tuple[np.ndarray, np.ndarray, np.ndarray, bool,
+                                       Optional[np.ndarray]]],
+                     hidden: np.ndarray, top_k: int) -> Callable[[], np.ndarray]:
+    """The draft head(s) written in NumPy by hand, as a user would without
+    eagle_fast: returns a function giving the top-k tokens, shaped as
+    eagle_fast's (``heads``: (W, b, L, residual, d2t) each; more than one is
+    a Medusa model)."""
+    def one(weight: np.ndarray, bias: np.ndarray, lm_head: np.ndarray, residual: bool,
+            d2t: Optional[np.ndarray]) -> np.ndarray:
+        v = hidden @ weight.T + bias
+        with np.errstate(over="ignore"):
+            x = v / (1 + np.exp(-v))
+        if residual:
+            x = x + hidden
+        logits = x @ lm_head.T
+        e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probs = e / e.sum(axis=-1, keepdims=True)
+        if top_k == 1:
+            tokens = probs.argmax(axis=-1)[..., None]
+        else:
+            best = np.argpartition(-probs, top_k - 1, axis=-1)[..., :top_k]
+            order = np.argsort(-np.take_along_axis(probs, best, axis=-1), axis=-1,
+                               kind="stable")
+            tokens = np.take_along_axis(best, order, axis=-1)
+        return tokens if d2t is None else tokens + d2t[tokens]
+
+    def run() -> np.ndarray:
+        if len(heads) == 1:
+            return one(*heads[0])
+        return np.stack([one(*head) for head in heads], axis=-2)
+
+    return run
+
+
+def _numpy_weights(model: Model) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, bool,
+                                               Optional[np.ndarray]]]:
+    heads = model.heads if isinstance(model, MedusaHeads) else (model,)
+    return [(head.projection_weight, head.projection_bias, head.lm_head_weight,
+             head.residual, head.d2t) for head in heads]
+
+
+def _timed_us(call: Callable[[], Any], seconds: float) -> float:
+    """Median µs per call over batches of calls lasting ~1 ms each."""
+    call()  # warm-up
+    start = time.perf_counter()
+    call()
+    once = max(time.perf_counter() - start, 1e-7)
+    calls = max(1, int(1e-3 / once))
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < 7 or (time.perf_counter() < deadline and len(samples) < 1000):
+        start = time.perf_counter()
+        for _ in range(calls):
+            call()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(samples)
+
+
+def _run_demo(make: Callable[[], Model], hidden: np.ndarray, top_k: int, seconds: float,
+              numpy_weights: Optional[list] = None) -> None:
+    """Predictions of ``make()`` on ``hidden``, then µs per call of NumPy by
+    hand and of every backend, row by row (``make`` is called once per backend,
+    heads binding the active one; ``numpy_weights``: the float weights NumPy
+    uses, by default the model's own, dequantized)."""
     info = build_info()
     print(f"active backend: {info['backend']} (SIMD level {info['simd_level']}, "
           f"OpenMP {'on' if info['openmp'] else 'off'}, {info['max_threads']} threads)")
-
-    backends: list[tuple[str, Optional[str]]] = [
-        ("compiled", level) for level in _backend.simd_levels_available()]
-    backends.append(("python", None))
+    backends = _all_backends()
     saved = _backend.active()
-    rows = []
     try:
-        for name, level in backends:
+        _backend.use(*backends[0])
+        model: Optional[Model] = make()
+        assert model is not None
+        reference = model.predict(hidden, top_k=top_k)
+        _print_predictions(reference, isinstance(model, MedusaHeads))
+
+        print(f"\n{'contender':<24}{'per call':>12}{'vs NumPy':>10}  same tokens", flush=True)
+        numpy_call = _numpy_predictor(numpy_weights or _numpy_weights(model), hidden, top_k)
+        numpy_us = _timed_us(numpy_call, seconds)
+        numpy_agrees = np.array_equal(numpy_call(), reference.tokens)
+        _print_row("NumPy by hand", numpy_us, numpy_us,
+                   "yes" if numpy_agrees else "no (rounds differently; see below)")
+        del numpy_call
+        for index, (name, level) in enumerate(backends):
             _backend.use(name, level)
-            model = make()
-            result = model.predict(hidden, top_k=top_k)
-            rows.append((name if level is None else f"{name} ({level})", result,
-                         _median_us(model, hidden, top_k, seconds)))
+            if index > 0:
+                model = None  # one head in memory at a time
+                model = make()
+            assert model is not None
+            call = functools.partial(model.predict, hidden, top_k=top_k)
+            result = call()
+            us = _timed_us(call, seconds)
+            del call
+            agrees = np.array_equal(result.tokens, reference.tokens)
+            _print_row(name if level is None else f"{name} ({level})", us, numpy_us,
+                       "yes" if agrees else "NO")
     finally:
         _backend._active = saved
+    print("\nvs NumPy: how many times faster than the same head written in NumPy by hand "
+          "(W h + b, SiLU, L x, softmax, top-k; float weights"
+          + (", dequantized" if model is not None and model.weight_dtype in LOW_PRECISION
+             else "") + ").")
+    if not numpy_agrees:
+        print("NumPy's BLAS sums in another order (and computes with the float weights), so "
+              "near-tied tokens can come out in another order.")
 
-    first = rows[0][1]
-    medusa = isinstance(model, MedusaHeads)
+
+def _print_predictions(result: DraftResult, medusa: bool) -> None:
     # As (states, heads, k) whatever the model and batch.
     per_head = 3 if medusa else 2
-    tokens = first.tokens.reshape((-1,) + first.tokens.shape[-per_head + 1:])
-    probs = first.token_probs.reshape(tokens.shape)
+    tokens = result.tokens.reshape((-1,) + result.tokens.shape[-per_head + 1:])
+    probs = result.token_probs.reshape(tokens.shape)
     if not medusa:
         tokens, probs = tokens[:, None, :], probs[:, None, :]
     for state in range(min(len(tokens), 4)):
@@ -123,13 +394,14 @@ def _run_demo(make: Callable[[], Model], hidden: np.ndarray, top_k: int,
                                 for t, p in zip(tokens[state, head], probs[state, head]))
             label = f"hidden state {state}" + (f", head {head} (t+{head + 2})" if medusa else "")
             print(f"  {label}: draft token {guesses}")
-    print(f"\n{'backend':<24}{'per call':>12}{'speed-up':>10}  same tokens")
-    python_us = rows[-1][2]
-    for label, result, us in rows:
-        agrees = np.array_equal(result.tokens, first.tokens)
-        per_call = f"{us:.1f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
-        print(f"{label:<24}{per_call:>12}{python_us / us:>9.1f}x  {'yes' if agrees else 'NO'}")
 
+
+def _print_row(label: str, us: float, numpy_us: float, agrees: str) -> None:
+    per_call = f"{us:.1f} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+    print(f"{label:<24}{per_call:>12}{numpy_us / us:>9.2f}x  {agrees}", flush=True)
+
+
+# -- inspect -------------------------------------------------------------------------
 
 def _describe(info: dict[str, Any]) -> str:
     """One line: the format and the heads' configuration."""
@@ -180,15 +452,32 @@ def inspect_command(path: str, as_json: bool) -> None:
         print("  metadata: " + ", ".join(f"{k}={v}" for k, v in sorted(info["metadata"].items())))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="eagle-fast", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="print build and backend information as JSON")
+# -- main ----------------------------------------------------------------------------
+
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The command's parser and its ``demo`` subparser."""
+    active = _backend.active()
+    backend = active.name + ("" if active.name == "python" else f" {active.simd_level}")
+    parser = argparse.ArgumentParser(
+        prog="eagle-fast", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"eagle-fast {__version__} (backend: {backend})")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    commands.add_parser("info", help="print build and backend information as JSON",
+                        description="Print how eagle_fast was built and which backend "
+                                    "runs (eagle_fast.build_info()) as JSON.")
     demo_parser = commands.add_parser(
         "demo", help="run a draft head (of a preset size on random weights, or from a "
-                     "checkpoint) on random hidden states and time it")
+                     "checkpoint) on random hidden states and time it against NumPy",
+        description="Run a draft head on random hidden states: print its draft tokens "
+                    "and the time per call of NumPy by hand and of every eagle_fast "
+                    "backend.  Prints what it will cost (memory, seconds) first.")
     demo_parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                             help="head size on random weights (default llama-7b)")
+                             help="head size on random weights: "
+                                  + ", ".join(f"{name} {'x'.join(map(str, dims))}"
+                                              for name, dims in PRESETS.items())
+                                  + " (d_model x d_proj x vocab; default llama-7b)")
     demo_parser.add_argument("--checkpoint", metavar="PATH", default=None,
                              help="a safetensors checkpoint (eagle_fast head or Medusa) "
                                   "instead of a preset")
@@ -197,39 +486,74 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     demo_parser.add_argument("--weight-dtype", choices=LOW_PRECISION, default=None,
                              help="store the preset's matrices in low precision "
                                   "(computes in float32)")
-    demo_parser.add_argument("--batch", type=int, default=1)
-    demo_parser.add_argument("--top-k", type=int, default=1)
-    demo_parser.add_argument("--seconds", type=float, default=1.0,
-                             help="timing budget per backend (default 1 s)")
+    demo_parser.add_argument("--batch", type=_positive_int, default=1, metavar="B",
+                             help="hidden states per call (default 1)")
+    demo_parser.add_argument("--top-k", type=_positive_int, default=1, metavar="K",
+                             help="draft tokens per state (default 1)")
+    demo_parser.add_argument("--seconds", type=_positive_seconds, default=1.0, metavar="S",
+                             help="timing budget per contender (default 1)")
     inspect_parser = commands.add_parser(
         "inspect", help="what a safetensors checkpoint holds: format, heads, dims, "
-                        "dtypes, bytes")
+                        "dtypes, bytes",
+        description="Show what a safetensors checkpoint holds (format, heads, dims, "
+                    "dtypes, bytes), read from its header alone.")
     inspect_parser.add_argument("path", metavar="PATH")
     inspect_parser.add_argument("--json", action="store_true", help="print JSON")
+    return parser, demo_parser
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
+    parser, demo_parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "info":
-        print(json.dumps(build_info(), indent=2))
+    if args.command is None:
+        parser.print_help()
         return 0
+    if args.command == "demo":
+        if args.checkpoint is not None:
+            if (args.preset, args.dtype, args.weight_dtype) != (None, None, None):
+                demo_parser.error("--checkpoint takes its sizes and dtypes from the file; "
+                                  "drop --preset/--dtype/--weight-dtype")
+        elif args.weight_dtype is not None and args.dtype == "float64":
+            demo_parser.error("--weight-dtype computes in float32; drop --dtype float64")
     try:
-        if args.command == "inspect":
+        if args.command == "info":
+            print(json.dumps(build_info(), indent=2))
+        elif args.command == "inspect":
             inspect_command(args.path, args.json)
+        elif args.checkpoint is not None:
+            demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
         else:
-            if args.batch < 1:
-                parser.error("--batch must be >= 1")
-            if args.checkpoint is not None:
-                if (args.preset, args.dtype, args.weight_dtype) != (None, None, None):
-                    parser.error("--checkpoint takes its sizes and dtypes from the file; "
-                                 "drop --preset/--dtype/--weight-dtype")
-                demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
-            else:
-                if args.weight_dtype is not None and args.dtype == "float64":
-                    parser.error("--weight-dtype computes in float32; drop --dtype float64")
-                demo(args.preset or "llama-7b", args.dtype or "float32", args.weight_dtype,
-                     args.batch, args.top_k, args.seconds)
-    except (CheckpointError, ImportError) as exc:
-        print(f"eagle-fast {args.command}: error: {exc}", file=sys.stderr)
+            demo(args.preset or "llama-7b", args.dtype or "float32", args.weight_dtype,
+                 args.batch, args.top_k, args.seconds)
+    except _UsageError as exc:
+        demo_parser.error(str(exc))
+    except (_DemoError, CheckpointError, ImportError, MemoryError) as exc:
+        print(f"eagle-fast {args.command}: error: {exc or type(exc).__name__}",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The ``eagle-fast`` command; returns its exit status."""
+    try:
+        try:
+            status = _run(argv)
+        finally:  # also after --help/--version (SystemExit): their output may not fit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (eagle-fast info | head -1): stop quietly.  Point
+        # stdout at devnull so that the interpreter's final flush does not fail.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+    except KeyboardInterrupt:
+        print("eagle-fast: interrupted", file=sys.stderr)
+        return 130
+    return status
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class DraftHead:
         and inside ``[0, target_vocab_size)``.
     target_vocab_size : int, optional
         Size of the target vocabulary (default: one past the largest target
-        id of ``d2t``); only with ``d2t``.
+        id of ``d2t``), an integer of at most ``2**31 - 1``; only with ``d2t``.
 
     Weights are checked once here (shapes, finite values) and converted to
     C-contiguous, aligned arrays; arrays that already are in the stored form
@@ -446,7 +446,8 @@ class DraftHead:
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write this head to a safetensors file at ``path``, bit for bit as
         stored, with its configuration in the file's metadata (format in
-        ``eagle_fast._checkpoint``).  Needs ``pip install "eagle-fast[safetensors]"``."""
+        ``eagle_fast._checkpoint``), atomically; OSError naming ``path`` if it
+        cannot be written."""
         from ._checkpoint import save_head
         save_head(self, path)
 

@@ -18,6 +18,10 @@ import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# The largest vocabulary (draft or target) a head accepts: token ids are int32
+# in every tokenizer we know of.
+MAX_VOCAB_SIZE = 2**31 - 1
+
 
 def _as_array(value: Any, name: str) -> np.ndarray:
     if isinstance(value, np.ndarray):
@@ -179,30 +183,60 @@ def resolve_num_threads(num_threads: Any, default: int) -> int:
     return min(n, max(default, os.cpu_count() or 1))
 
 
+def check_target_vocab_size(target_vocab_size: Any, vocab_size: int) -> int:
+    """An int in ``[vocab_size, MAX_VOCAB_SIZE]``; TypeError for anything but
+    an integer (bools and floats included), ValueError outside the range."""
+    if isinstance(target_vocab_size, (bool, np.bool_)):
+        raise TypeError("target_vocab_size must be an integer, got a bool")
+    try:
+        limit = operator.index(target_vocab_size)
+    except TypeError:
+        raise TypeError(f"target_vocab_size must be an integer, got "
+                        f"{type(target_vocab_size).__name__} {target_vocab_size!r}") from None
+    if limit < vocab_size:
+        raise ValueError(f"target_vocab_size={limit} is smaller than the draft "
+                         f"vocabulary ({vocab_size})")
+    if limit > MAX_VOCAB_SIZE:
+        raise ValueError(f"target_vocab_size={limit} is larger than the largest "
+                         f"supported vocabulary ({MAX_VOCAB_SIZE})")
+    return limit
+
+
 def check_d2t(d2t: Any, vocab_size: int,
               target_vocab_size: Any) -> tuple[np.ndarray, np.ndarray, int]:
     """An EAGLE-3 draft-to-target map (``target_id = draft_id + d2t[draft_id]``)
     as ``(offsets, target_ids, target_vocab_size)``, both arrays int64.  The
     map must cover the draft vocabulary, stay inside ``[0,
-    target_vocab_size)`` (by default one past the largest target id) and be
-    one-to-one."""
+    target_vocab_size)`` (by default one past the largest target id; at most
+    ``MAX_VOCAB_SIZE``) and be one-to-one."""
+    limit = None if target_vocab_size is None else \
+        check_target_vocab_size(target_vocab_size, vocab_size)
     array = real_array(d2t, "d2t")
     if array.dtype.kind not in "iu":
         raise TypeError(f"d2t must hold integer offsets, got dtype {array.dtype}")
     if array.shape != (vocab_size,):
         raise ValueError(f"d2t must have shape (vocab_size,) = ({vocab_size},), "
                          f"got shape {array.shape}")
+    shown_limit = MAX_VOCAB_SIZE if limit is None else limit
+    # 64-bit offsets beyond +-2**62 are out of range anyway; caught before the
+    # int64 arithmetic, where they could wrap (uint64 2**64 - 1 is not -1).
+    if array.dtype.itemsize == 8:
+        bound = array.dtype.type(2**62)
+        wild = array > bound
+        if array.dtype.kind == "i":
+            wild |= array < -bound
+        if wild.any():
+            i = int(np.flatnonzero(wild)[0])
+            raise ValueError(f"d2t maps draft token {i} to target id {i + int(array[i])}, "
+                             f"outside the target vocabulary [0, {shown_limit})")
     offsets = array.astype(np.int64)
     targets = np.arange(vocab_size, dtype=np.int64) + offsets
-    if target_vocab_size is None:
+    if limit is None:
         limit = max(int(targets.max()) + 1, vocab_size)
-    else:
-        if isinstance(target_vocab_size, bool):
-            raise TypeError("target_vocab_size must be an integer, got a bool")
-        limit = operator.index(target_vocab_size)
-        if limit < vocab_size:
-            raise ValueError(f"target_vocab_size={limit} is smaller than the draft "
-                             f"vocabulary ({vocab_size})")
+        if limit > MAX_VOCAB_SIZE:
+            i = int(np.argmax(targets))
+            raise ValueError(f"d2t maps draft token {i} to target id {int(targets[i])}, "
+                             f"outside the target vocabulary [0, {MAX_VOCAB_SIZE})")
     outside = np.flatnonzero((targets < 0) | (targets >= limit))
     if outside.size:
         i = int(outside[0])

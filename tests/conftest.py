@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ if "eagle_fast" not in sys.modules and importlib.util.find_spec("eagle_fast") is
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-import eagle_fast  # noqa: E402
+with warnings.catch_warnings(record=True) as _import_warnings:
+    warnings.simplefilter("always")
+    import eagle_fast  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 from support import skip_or_fail_without_compiled  # noqa: E402
@@ -88,4 +91,11 @@ def pytest_report_header(config):
         f"eagle_fast default backend: {info['backend']} ({info['simd_level']}), "
         f"levels available: {info['simd_levels_available']}, openmp={info['openmp']}, "
         f"max_threads={info['max_threads']}",
-    ]
+    ] + _missing_kernels_lines()
+
+
+def _missing_kernels_lines() -> list[str]:
+    reason = _backend.missing_compiled_reason()
+    lines = [] if reason is None else [f"eagle_fast compiled kernels unavailable: {reason}"]
+    return lines + [f"eagle_fast import warning: {w.message}" for w in _import_warnings
+                    if reason is None or reason not in str(w.message)]

@@ -70,6 +70,9 @@ def skip_or_fail_without_compiled(simd_level: str = "baseline") -> None:
     required = simd_level == "baseline" or cpu_has_x86_64_v3()
     if require_compiled() and required:
         pytest.fail(f"EAGLE_FAST_REQUIRE_COMPILED=1 but {reason}")
+    if _backend.missing_compiled_reason() is not None:
+        # The long story is in the report header, once.
+        reason = f"compiled backend ({simd_level}) unavailable (see the report header)"
     pytest.skip(reason)
 
 
