@@ -12,7 +12,8 @@ dtype):
 * the results equal those of the same call on aligned copies, bit for bit;
 * every array a kernel receives is C-contiguous and aligned -- checked by
   wrapping the active backend's kernel entry points (``KernelHead``,
-  ``forward_heads``, ``spec_forward``), on every backend.
+  ``forward_heads``, ``spec_forward``, the tree kernels' ``row_topk``), on
+  every backend.
 
 Under the ASan+UBSan build (.ci/sanitize) a misaligned load would also abort
 the run.
@@ -28,6 +29,7 @@ import pytest
 
 import eagle_fast
 from eagle_fast import DraftHead, MedusaHeads, _backend
+from eagle_fast.speculative import dynamic_tree
 from support import random_head
 
 WEIGHT_DTYPES = [None, "float32", "float64", "bfloat16", "float16", "int8"]
@@ -55,13 +57,28 @@ def misaligning_offsets(dtype) -> list[int]:
 
 class KernelInputs:
     """The active backend, wrapped so that every array a kernel entry point
-    receives is recorded; ``check()`` asserts they were all C-contiguous and
-    aligned."""
+    receives is recorded (``KernelHead`` and every public function of the
+    draft, spec and other kernel modules); ``check()`` asserts they were all
+    C-contiguous and aligned."""
 
     def __init__(self, real: _backend.Backend) -> None:
         self.bad: list[str] = []
         self.count = 0
         record = self.record
+
+        def checked(module):
+            namespace = types.SimpleNamespace(**{n: getattr(module, n) for n in dir(module)})
+            for name in dir(module):
+                value = getattr(module, name)
+                if name.startswith("_") or not callable(value) or isinstance(value, type):
+                    continue
+
+                def function(*args, _value=value, _name=name, **kwargs):
+                    for i, arg in enumerate(args):
+                        record(arg, f"{module.__name__}.{_name} argument {i}")
+                    return _value(*args, **kwargs)
+                setattr(namespace, name, function)
+            return namespace
 
         class CheckedKernelHead(real.draft.KernelHead):
             def __init__(self, *args):
@@ -73,22 +90,14 @@ class KernelInputs:
                 record(hidden, "KernelHead.forward hidden")
                 return super().forward(hidden, *args)
 
-        def forward_heads(kernels, hidden, *args):
-            record(hidden, "forward_heads hidden")
-            return real.draft.forward_heads(kernels, hidden, *args)
+        class CheckedBackend(_backend.Backend):
+            def module(self, concern):
+                return checked(real.module(concern))
 
-        def spec_forward(*args):
-            for i, arg in enumerate(args):
-                record(arg, f"spec_forward argument {i}")
-            return real.spec.spec_forward(*args)
-
-        draft = types.SimpleNamespace(**{name: getattr(real.draft, name)
-                                         for name in dir(real.draft)})
-        draft.KernelHead, draft.forward_heads = CheckedKernelHead, forward_heads
-        spec = types.SimpleNamespace(**{name: getattr(real.spec, name)
-                                        for name in dir(real.spec)})
-        spec.spec_forward = spec_forward
-        self.backend = _backend.Backend(real.name, real.simd_level, draft, spec)  # type: ignore
+        draft = checked(real.draft)
+        draft.KernelHead = CheckedKernelHead
+        self.backend = CheckedBackend(real.name, real.simd_level, draft,  # type: ignore
+                                      checked(real.spec))
 
     def record(self, array, what: str) -> None:
         if isinstance(array, np.ndarray):
@@ -294,4 +303,32 @@ def test_checkpoint_with_odd_tensor_offsets(kernel_inputs, tmp_path):
         loaded = DraftHead.load(odd)
         hidden = np.random.default_rng(9).standard_normal((3, 13))
         assert_same(run(loaded, hidden), run(head, hidden))
+    kernel_inputs.check()
+
+
+# ---------------------------------------------------------------------------
+# Dynamic trees: the row top-k kernel reads the drafter's log-probs in place.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dynamic_tree_logprobs(kernel_inputs, dtype):
+    vocab, top_k = 40, 3
+    rng = np.random.default_rng(10)
+    table = rng.standard_normal((50, vocab))
+    table = (table - np.log(np.exp(table).sum(axis=1, keepdims=True))).astype(dtype)
+
+    def build(offset):
+        calls = iter(range(1, 50))
+
+        def expand(parent_rows, tokens):
+            rows = table[[next(calls) for _ in parent_rows]]
+            return rows if offset is None else unaligned(rows, offset)
+        root = table[0] if offset is None else unaligned(table[0], offset)
+        tree = dynamic_tree(5, root, expand, top_k=top_k, depth=3, total_tokens=12)
+        return tree.tokens, tree.parents, tree.scores
+
+    expected = build(None)
+    for offset in misaligning_offsets(dtype):
+        for got, want in zip(build(offset), expected):
+            assert got.dtype == want.dtype and np.array_equal(got, want)
     kernel_inputs.check()
