@@ -69,27 +69,30 @@ _add_reduce = np.add.reduce
 
 
 def _as_compute(matrix: np.ndarray, weight_dtype: str,
-                scales: Optional[np.ndarray]) -> np.ndarray:
+                scales: Optional[np.ndarray], n_cols: int = -1) -> np.ndarray:
     """A stored matrix as the float values it stands for (native ones unchanged)."""
     if weight_dtype == "native":
         return matrix
-    return StoredMatrix(weight_dtype, matrix, scales).dequantize()
+    return StoredMatrix(weight_dtype, matrix, scales, n_cols).dequantize()
 
 
 class KernelHead:
     """Weights of one head: validated C-contiguous arrays.  The bias sets the
     compute dtype; low-precision matrices ("bfloat16" bit patterns, "float16",
-    "int8" with per-row scales) are converted to float32 once, here, which
+    "int8" with per-row scales, "q8"/"q4" with group scales) are converted
+    to float32 once, here, which
     costs 2-4x their memory but keeps every call a plain float32 computation."""
 
     def __init__(self, projection_weight: np.ndarray, projection_bias: np.ndarray,
                  lm_head_weight: np.ndarray, weight_dtype: str = "native",
                  projection_scales: Optional[np.ndarray] = None,
-                 lm_head_scales: Optional[np.ndarray] = None, residual: bool = False) -> None:
-        self.weight = _as_compute(projection_weight, weight_dtype, projection_scales)
+                 lm_head_scales: Optional[np.ndarray] = None, residual: bool = False,
+                 d_model: int = -1) -> None:
+        self.weight = _as_compute(projection_weight, weight_dtype, projection_scales, d_model)
         self.bias = projection_bias
-        self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales)
-        self.d_proj, self.d_model = projection_weight.shape
+        self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales,
+                                   projection_bias.shape[0])
+        self.d_proj, self.d_model = self.weight.shape
         self.vocab = lm_head_weight.shape[0]
         self.type_num = projection_bias.dtype.num
         self.residual = residual

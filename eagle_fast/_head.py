@@ -8,7 +8,13 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _backend
-from ._storage import LOW_PRECISION, STORAGE_ARRAY_DTYPE, StoredMatrix, resolve_weight_dtype
+from ._storage import (
+    GROUPED,
+    LOW_PRECISION,
+    STORAGE_ARRAY_DTYPE,
+    StoredMatrix,
+    resolve_weight_dtype,
+)
 from ._validation import (
     as_kernel_array,
     check_bool,
@@ -103,8 +109,11 @@ class DraftHead:
     weight_dtype : str, optional
         How W and L are stored: ``"float32"``, ``"float64"`` (the compute
         dtype itself; the default), or low precision -- ``"bfloat16"``,
-        ``"float16"`` (2 bytes per weight) or ``"int8"`` (1 byte, symmetric
-        per output row with a float32 scale).  Low-precision heads compute in
+        ``"float16"`` (2 bytes per weight), ``"int8"`` (1 byte, symmetric
+        per output row with a float32 scale), ``"q8"`` (int8 in groups of 32
+        along a row with a float16 scale each, 8.5 bits per weight) or
+        ``"q4"`` (4-bit codes in groups of 32, symmetric, a float16 scale
+        each, 4.5 bits per weight).  Low-precision heads compute in
         float32, with a float32 bias; see ``eagle_fast._storage`` for the exact
         rounding.  Weights beyond the float16/bfloat16 range are an error.
     residual : bool, default False
@@ -172,21 +181,27 @@ class DraftHead:
                     projection_bias: Any = None, lm_head_weight: Any = None, *,
                     projection_scales: Any = None, lm_head_scales: Any = None,
                     residual: bool = False, d2t: Any = None,
-                    target_vocab_size: Optional[int] = None, **stored: Any) -> DraftHead:
+                    target_vocab_size: Optional[int] = None, d_model: Optional[int] = None,
+                    **stored: Any) -> DraftHead:
         """A head from weights already in their stored form (as
         :meth:`stored_arrays` returns them, or as read from a checkpoint):
         ``bfloat16`` as uint16 bit patterns, ``float16``, ``int8`` with float32
-        per-row scales, or ``float32``/``float64``.  Nothing is re-rounded;
+        per-row scales, ``q8`` (int8 codes, float16 scales of shape
+        (rows, groups)), ``q4`` (uint8, two codes per byte, float16 scales),
+        or ``float32``/``float64``.  Nothing is re-rounded;
         everything is checked (dtypes, shapes, finite values).  ``residual``,
         ``d2t`` and ``target_vocab_size`` as in the constructor.
 
         ``weight_dtype`` may be left out: it follows from the dtype of
-        ``projection_weight`` (uint16 is bfloat16).  The arrays may also be
+        ``projection_weight`` (uint16 is bfloat16) and its scales (float16
+        scales: q8 for int8 codes, q4 for uint8).  ``d_model`` is needed for a
+        q4 head whose d_model is not a multiple of 32 (its rows are stored
+        padded to whole groups; default: 32 per group).  The arrays may also be
         passed under the names :meth:`stored_arrays` gives them
         (``projection.weight``, ..., ``lm_head.weight_scale``), so
         ``DraftHead.from_stored(**head.stored_arrays(), residual=head.residual,
         d2t=head.d2t, target_vocab_size=head.target_vocab_size)`` rebuilds
-        ``head`` bit for bit."""
+        ``head`` bit for bit (add ``d_model=head.d_model`` for q4)."""
         arrays = {"projection_weight": projection_weight, "projection_bias": projection_bias,
                   "lm_head_weight": lm_head_weight, "projection_scales": projection_scales,
                   "lm_head_scales": lm_head_scales}
@@ -201,17 +216,28 @@ class DraftHead:
             if arrays[argument] is None:
                 raise TypeError(f"from_stored() missing the array {argument!r}")
         if weight_dtype is None:
-            weight_dtype = _stored_weight_dtype(arrays["projection_weight"])
+            weight_dtype = _stored_weight_dtype(arrays["projection_weight"],
+                                                arrays["projection_scales"])
         stored_as = resolve_weight_dtype(weight_dtype)
-        weight = StoredMatrix.from_arrays(stored_as, arrays["projection_weight"],
-                                          arrays["projection_scales"], "projection_weight")
-        lm_head = StoredMatrix.from_arrays(stored_as, arrays["lm_head_weight"],
-                                           arrays["lm_head_scales"], "lm_head_weight")
         projection_bias = arrays["projection_bias"]
-        bias_dtype = np.float32 if stored_as in LOW_PRECISION else np.dtype(stored_as)
         bias = real_array(projection_bias, "projection_bias")
-        head_arrays(weight.data, bias, lm_head.data,
-                    ("projection_weight", "projection_bias", "lm_head_weight"))
+        if stored_as != "q4" and d_model is not None:
+            raise TypeError("d_model only applies to a q4 head (its rows are padded)")
+        weight = StoredMatrix.from_arrays(stored_as, arrays["projection_weight"],
+                                          arrays["projection_scales"], "projection_weight",
+                                          n_cols=d_model)
+        lm_head = StoredMatrix.from_arrays(
+            stored_as, arrays["lm_head_weight"], arrays["lm_head_scales"], "lm_head_weight",
+            n_cols=weight.shape[0] if stored_as == "q4" else None)
+        bias_dtype = np.float32 if stored_as in LOW_PRECISION else np.dtype(stored_as)
+        if stored_as in GROUPED:
+            # Shapes by column count (q4 rows hold two codes per byte).
+            head_arrays(np.empty(weight.shape, np.int8), bias,
+                        np.empty(lm_head.shape, np.int8),
+                        ("projection_weight", "projection_bias", "lm_head_weight"))
+        else:
+            head_arrays(weight.data, bias, lm_head.data,
+                        ("projection_weight", "projection_bias", "lm_head_weight"))
         if bias.dtype.kind == "f" and bias.dtype.newbyteorder("=") != bias_dtype:
             raise TypeError(f"projection_bias of a {stored_as} head must be "
                             f"{np.dtype(bias_dtype)}, got {bias.dtype}")
@@ -251,7 +277,7 @@ class DraftHead:
         self._kernel = self._backend.draft.KernelHead(
             weight.data, bias, lm_head.data,
             weight.weight_dtype if low_precision else "native", weight.scales, lm_head.scales,
-            self._residual)
+            self._residual, weight.n_cols)
         self._nbytes = weight.nbytes + bias.nbytes + lm_head.nbytes
         self._parallel = self._nbytes >= PARALLEL_MIN_WEIGHT_BYTES
         self._default_threads = self._backend.draft.max_threads()
@@ -280,7 +306,8 @@ class DraftHead:
 
     @property
     def weight_dtype(self) -> str:
-        """How W and L are stored: float32, float64, bfloat16, float16 or int8."""
+        """How W and L are stored: float32, float64, bfloat16, float16, int8,
+        q8 or q4."""
         return self._weight_dtype
 
     @property
@@ -327,8 +354,9 @@ class DraftHead:
     def stored_arrays(self) -> dict[str, np.ndarray]:
         """The weights exactly as stored (read-only), by their checkpoint
         tensor names: ``projection.weight``, ``projection.bias``,
-        ``lm_head.weight`` and, for int8, ``projection.weight_scale`` and
-        ``lm_head.weight_scale``.  bfloat16 matrices are uint16 bit patterns.
+        ``lm_head.weight`` and, for int8/q8/q4, ``projection.weight_scale`` and
+        ``lm_head.weight_scale``.  bfloat16 matrices are uint16 bit patterns;
+        q4 matrices are uint8, two codes per byte, rows padded to groups of 32.
         :meth:`from_stored` takes them back as they are:
         ``DraftHead.from_stored(**head.stored_arrays())`` (plus ``residual``,
         ``d2t`` and ``target_vocab_size`` for such heads)."""
@@ -355,7 +383,8 @@ class DraftHead:
         # bit; unpickling re-checks them and binds the backend active then.
         return (_restore_head, (self._weight_dtype, self._weight.data, self._bias,
                                 self._lm_head.data, self._weight.scales, self._lm_head.scales,
-                                self._residual, self._d2t, self._target_vocab_size))
+                                self._residual, self._d2t, self._target_vocab_size,
+                                self._weight.n_cols if self._weight_dtype == "q4" else None))
 
     def __repr__(self) -> str:
         extra = ", residual=True" if self._residual else ""
@@ -504,9 +533,15 @@ _STORED_NAMES = {"projection.weight": "projection_weight", "projection.bias": "p
                  "lm_head.weight_scale": "lm_head_scales"}
 
 
-def _stored_weight_dtype(projection_weight: Any) -> str:
-    """The weight_dtype a stored projection matrix's dtype stands for."""
+def _stored_weight_dtype(projection_weight: Any, projection_scales: Any = None) -> str:
+    """The weight_dtype a stored projection matrix's dtype (and its scales')
+    stands for."""
     dtype = np.asarray(projection_weight).dtype.newbyteorder("=")
+    if projection_scales is not None and np.asarray(projection_scales).dtype == np.float16:
+        if dtype == np.int8:
+            return "q8"
+        if dtype == np.uint8:
+            return "q4"
     for name, array_dtype in STORAGE_ARRAY_DTYPE.items():
         if dtype == array_dtype:
             return name
@@ -523,11 +558,12 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 def _restore_head(weight_dtype: str, weight: np.ndarray, bias: np.ndarray,
                   lm_head: np.ndarray, weight_scales: Optional[np.ndarray],
                   lm_head_scales: Optional[np.ndarray], residual: bool,
-                  d2t: Optional[np.ndarray], target_vocab_size: Optional[int]) -> DraftHead:
+                  d2t: Optional[np.ndarray], target_vocab_size: Optional[int],
+                  d_model: Optional[int] = None) -> DraftHead:
     return DraftHead.from_stored(weight_dtype, weight, bias, lm_head,
                                  projection_scales=weight_scales,
                                  lm_head_scales=lm_head_scales, residual=residual, d2t=d2t,
-                                 target_vocab_size=target_vocab_size)
+                                 target_vocab_size=target_vocab_size, d_model=d_model)
 
 
 def predict(hidden: Any, projection_weight: Any, projection_bias: Any, lm_head_weight: Any,

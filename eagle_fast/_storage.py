@@ -22,8 +22,11 @@ import numpy as np
 
 from ._validation import as_kernel_array
 
-WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "float16", "int8")
-LOW_PRECISION = ("bfloat16", "float16", "int8")
+WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "float16", "int8", "q8", "q4")
+LOW_PRECISION = ("bfloat16", "float16", "int8", "q8", "q4")
+# Group-wise formats: one float16 scale per GROUP_SIZE weights along a row.
+GROUPED = ("q8", "q4")
+GROUP_SIZE = 32
 
 # The array dtype each storage type keeps its matrices in.
 STORAGE_ARRAY_DTYPE: dict[str, np.dtype] = {
@@ -32,7 +35,21 @@ STORAGE_ARRAY_DTYPE: dict[str, np.dtype] = {
     "bfloat16": np.dtype(np.uint16),
     "float16": np.dtype(np.float16),
     "int8": np.dtype(np.int8),
+    "q8": np.dtype(np.int8),
+    "q4": np.dtype(np.uint8),
 }
+# The dtype of each storage type's scales (None: no scales).
+SCALE_DTYPE: dict[str, Optional[np.dtype]] = {
+    "float32": None, "float64": None, "bfloat16": None, "float16": None,
+    "int8": np.dtype(np.float32), "q8": np.dtype(np.float16), "q4": np.dtype(np.float16),
+}
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def n_groups(n_cols: int) -> int:
+    """Groups of GROUP_SIZE columns of a q8/q4 row (the last one may be short)."""
+    return -(-n_cols // GROUP_SIZE)
+
 
 _BF16_MAX = float(np.uint32(0x7F7F0000).view(np.float32))
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -117,15 +134,93 @@ def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scales
 
 
+def _group_blocks(values: np.ndarray, rows: slice) -> np.ndarray:
+    """float64 rows of ``values`` as (rows, groups, GROUP_SIZE), the last group
+    padded with zeros."""
+    wide = values[rows].astype(np.float64)
+    pad = n_groups(wide.shape[1]) * GROUP_SIZE - wide.shape[1]
+    if pad:
+        wide = np.concatenate([wide, np.zeros((wide.shape[0], pad))], axis=1)
+    return wide.reshape(wide.shape[0], -1, GROUP_SIZE)
+
+
+def _f16_scales(target: np.ndarray) -> np.ndarray:
+    """Group scales rounded to float16 (nearest even; beyond its range: inf,
+    reported by the caller)."""
+    with np.errstate(over="ignore"):
+        return target.astype(np.float16)
+
+
+def quantize_q8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group-wise int8 (llama.cpp's Q8_0 rounding) of a finite 2-D array:
+    (q int8 (rows, d), scale float16 (rows, groups)); see the module notes."""
+    rows_, cols = values.shape
+    q = np.empty((rows_, cols), dtype=np.int8)
+    scales = np.empty((rows_, n_groups(cols)), dtype=np.float16)
+    for rows in _row_blocks(values.shape):
+        groups = _group_blocks(values, rows)
+        block_scales = _f16_scales(np.abs(groups).max(axis=2) / 127)
+        wide_scales = block_scales.astype(np.float64)
+        usable = (wide_scales > 0) & np.isfinite(wide_scales)
+        divisor = np.where(usable, wide_scales, 1)[:, :, None]
+        block_q = np.clip(np.rint(groups / divisor), -127, 127)
+        block_q[~usable] = 0
+        q[rows] = block_q.reshape(groups.shape[0], -1)[:, :cols].astype(np.int8)
+        scales[rows] = block_scales
+    return q, scales
+
+
+def quantize_q4(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Group-wise symmetric 4-bit (llama.cpp's Q4_0 rounding) of a finite 2-D
+    array: (packed codes uint8 (rows, groups * 16), scale float16 (rows,
+    groups)); see the module notes for the layout."""
+    rows_, cols = values.shape
+    groups_per_row = n_groups(cols)
+    packed = np.empty((rows_, groups_per_row * GROUP_SIZE // 2), dtype=np.uint8)
+    scales = np.empty((rows_, groups_per_row), dtype=np.float16)
+    for rows in _row_blocks(values.shape):
+        groups = _group_blocks(values, rows)
+        # The value of largest magnitude maps to code 0 (-8 * scale): the
+        # scale carries its sign.
+        at = np.abs(groups).argmax(axis=2)[:, :, None]
+        extreme = np.take_along_axis(groups, at, axis=2)[:, :, 0]
+        block_scales = _f16_scales(extreme / -8)
+        wide_scales = block_scales.astype(np.float64)
+        usable = (wide_scales != 0) & np.isfinite(wide_scales)
+        divisor = np.where(usable, wide_scales, 1)[:, :, None]
+        codes = np.clip(np.rint(groups / divisor) + 8, 0, 15)
+        codes[~usable] = 8
+        codes = codes.astype(np.uint8)
+        half = GROUP_SIZE // 2
+        packed[rows] = (codes[:, :, :half] | (codes[:, :, half:] << 4)).reshape(
+            groups.shape[0], -1)
+        scales[rows] = block_scales
+    return packed, scales
+
+
+def unpack_q4(packed: np.ndarray) -> np.ndarray:
+    """The 4-bit codes (0..15) of packed q4 rows, (rows, groups * 32)."""
+    half = GROUP_SIZE // 2
+    blocks = packed.reshape(packed.shape[0], -1, half)
+    return np.concatenate([blocks & 0x0F, blocks >> 4], axis=2).reshape(packed.shape[0], -1)
+
+
 @dataclass(frozen=True)
 class StoredMatrix:
     """One weight matrix as the kernels read it: ``data`` (C-contiguous and
     aligned, of STORAGE_ARRAY_DTYPE[weight_dtype]) and, for int8, per-row
-    float32 ``scales``."""
+    float32 ``scales``; for q8/q4, float16 ``scales`` of shape (rows, groups).
+    ``n_cols`` is the matrix's column count (q4 data holds two per byte, the
+    last group padded)."""
 
     weight_dtype: str
     data: np.ndarray
     scales: Optional[np.ndarray] = None
+    n_cols: int = -1
+
+    def __post_init__(self) -> None:
+        if self.n_cols < 0:
+            object.__setattr__(self, "n_cols", int(self.data.shape[1]))
 
     @classmethod
     def encode(cls, values: np.ndarray, weight_dtype: str, name: str) -> StoredMatrix:
@@ -134,6 +229,12 @@ class StoredMatrix:
         if weight_dtype == "int8":
             stored = cls("int8", *quantize_int8(values))
             limit = _F32_MAX  # the scales and the dequantized weights are float32
+        elif weight_dtype == "q8":
+            stored = cls("q8", *quantize_q8(values))
+            limit = 127 * _F16_MAX  # float16 scales
+        elif weight_dtype == "q4":
+            stored = cls("q4", *quantize_q4(values), n_cols=int(values.shape[1]))
+            limit = 8 * _F16_MAX
         elif weight_dtype == "bfloat16":
             stored = cls(weight_dtype, encode_bfloat16(values))
             limit = _BF16_MAX
@@ -141,18 +242,27 @@ class StoredMatrix:
             data = as_kernel_array(values, STORAGE_ARRAY_DTYPE[weight_dtype])
             stored = cls(weight_dtype, data)
             limit = float(np.finfo(data.dtype).max)
+        if stored.scales is not None:
+            object.__setattr__(stored, "scales", as_kernel_array(stored.scales,
+                                                                 stored.scales.dtype))
+            object.__setattr__(stored, "data", as_kernel_array(stored.data, stored.data.dtype))
         if not stored.all_finite():
             big = max(float(np.abs(values[rows]).max()) for rows in _row_blocks(values.shape))
+            note = {"int8": ", that of its float32 scales)",
+                    "q8": ", that of its float16 scales)",
+                    "q4": ", that of its float16 scales)"}.get(weight_dtype, ")")
             raise ValueError(
                 f"{name} holds values too large for {weight_dtype} (largest magnitude "
-                f"{big:.6g}; the {weight_dtype} range ends at {limit:.6g}"
-                + (", that of its float32 scales)" if weight_dtype == "int8" else ")"))
+                f"{big:.6g}; the {weight_dtype} range ends at {limit:.6g}" + note)
         return stored
 
     @classmethod
-    def from_arrays(cls, weight_dtype: str, data: Any, scales: Any, name: str) -> StoredMatrix:
+    def from_arrays(cls, weight_dtype: str, data: Any, scales: Any, name: str,
+                    n_cols: Optional[int] = None) -> StoredMatrix:
         """Check already-stored arrays (e.g. read from a checkpoint): dtype,
-        2-D, finite values, and for int8 one finite scale >= 0 per row."""
+        2-D, finite values, and for int8 one finite scale >= 0 per row, for
+        q8/q4 one finite float16 scale per row and group.  ``n_cols`` (q4
+        only: its column count; default 2 * data.shape[1])."""
         expected = STORAGE_ARRAY_DTYPE[weight_dtype]
         array = np.asarray(data)
         if array.dtype.newbyteorder("=") != expected:
@@ -161,19 +271,54 @@ class StoredMatrix:
         if array.ndim != 2 or 0 in array.shape:
             raise ValueError(f"{name} must be a non-empty 2-D array, got shape {array.shape}")
         array = as_kernel_array(array, expected)
+        cols = int(array.shape[1])
+        if weight_dtype == "q4":
+            if array.shape[1] % (GROUP_SIZE // 2):
+                raise ValueError(f"{name} stored as q4 must have a multiple of "
+                                 f"{GROUP_SIZE // 2} bytes per row (groups of {GROUP_SIZE} "
+                                 f"4-bit codes), got shape {array.shape}")
+            full = 2 * cols
+            if n_cols is None:
+                cols = full
+            else:
+                if isinstance(n_cols, bool) or not isinstance(n_cols, (int, np.integer)):
+                    raise TypeError(f"{name}: n_cols must be an int, got {n_cols!r}")
+                cols = int(n_cols)
+                if not full - GROUP_SIZE < cols <= full:
+                    raise ValueError(f"{name}: {cols} columns do not fit {array.shape[1]} "
+                                     f"bytes of q4 codes per row (between "
+                                     f"{full - GROUP_SIZE + 1} and {full})")
+                pad = unpack_q4(array)[:, cols:]
+                if (pad != 8).any():
+                    raise ValueError(f"{name}: the padding codes past column {cols} "
+                                     "must be 8 (weight 0)")
+        elif n_cols is not None and n_cols != cols:
+            raise ValueError(f"{name}: n_cols={n_cols!r} does not match its shape {array.shape}")
         scale_array = None
-        if weight_dtype == "int8":
+        scale_dtype = SCALE_DTYPE[weight_dtype]
+        if scale_dtype is not None:
             if scales is None:
-                raise ValueError(f"{name} stored as int8 needs its per-row scales")
-            scale_array = as_kernel_array(np.asarray(scales), np.dtype(np.float32))
-            if scale_array.shape != (array.shape[0],):
-                raise ValueError(f"{name} scales must have shape ({array.shape[0]},), "
+                what = "per-row" if weight_dtype == "int8" else "per-group"
+                raise ValueError(f"{name} stored as {weight_dtype} needs its {what} scales")
+            raw = np.asarray(scales)
+            if raw.dtype.newbyteorder("=") != scale_dtype:
+                raise TypeError(f"{name} scales of a {weight_dtype} matrix must have dtype "
+                                f"{scale_dtype}, got {raw.dtype}")
+            scale_array = as_kernel_array(raw, scale_dtype)
+            want = ((array.shape[0],) if weight_dtype == "int8"
+                    else (array.shape[0], n_groups(cols)))
+            if scale_array.shape != want:
+                raise ValueError(f"{name} scales must have shape {want}, "
                                  f"got {scale_array.shape}")
-            if not (np.isfinite(scale_array).all() and (scale_array >= 0).all()):
+            if not np.isfinite(scale_array).all():
+                raise ValueError(f"{name} scales must be finite")
+            if weight_dtype != "q4" and not (scale_array >= 0).all():
                 raise ValueError(f"{name} scales must be finite and >= 0")
+            if weight_dtype == "q8" and (array == -128).any():
+                raise ValueError(f"{name} stored as q8 must have codes in [-127, 127]")
         elif scales is not None:
             raise ValueError(f"{name} stored as {weight_dtype} takes no scales")
-        stored = cls(weight_dtype, array, scale_array)
+        stored = cls(weight_dtype, array, scale_array, cols)
         if not stored.all_finite():
             if weight_dtype == "int8":
                 raise ValueError(f"{name}: q * scale overflows float32 (scales too large)")
@@ -184,6 +329,10 @@ class StoredMatrix:
         """Whether every dequantized weight is finite (no NaN/inf patterns, no
         int8 ``q * scale`` beyond float32), checked without dequantizing."""
         data = self.data
+        if self.weight_dtype in GROUPED:
+            # q * scale with a finite float16 scale is exact in float32.
+            assert self.scales is not None
+            return bool(np.isfinite(self.scales).all())
         if self.weight_dtype == "int8":
             assert self.scales is not None
             if not np.isfinite(self.scales).all():
@@ -200,7 +349,7 @@ class StoredMatrix:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.data.shape  # type: ignore[return-value]
+        return (int(self.data.shape[0]), self.n_cols)
 
     @property
     def nbytes(self) -> int:
@@ -208,12 +357,24 @@ class StoredMatrix:
 
     def dequantize(self) -> np.ndarray:
         """The values the kernels compute with: float32 (float64 for a float64
-        head); int8 rows are ``q * scale`` rounded to float32."""
+        head); int8 rows are ``q * scale`` rounded to float32; q8 and q4
+        weights are ``q * scale`` and ``(code - 8) * scale``, exact in float32."""
         if self.weight_dtype == "bfloat16":
             return decode_bfloat16(self.data)
         if self.weight_dtype == "int8":
             assert self.scales is not None
             return self.data.astype(np.float32) * self.scales[:, None]
+        if self.weight_dtype in GROUPED:
+            assert self.scales is not None
+            out = np.empty(self.shape, dtype=np.float32)
+            for rows in _row_blocks(self.shape):
+                if self.weight_dtype == "q8":
+                    q = self.data[rows].astype(np.float32)
+                else:
+                    q = unpack_q4(self.data[rows])[:, :self.n_cols].astype(np.float32) - 8
+                scale = np.repeat(self.scales[rows].astype(np.float32), GROUP_SIZE, axis=1)
+                out[rows] = q * scale[:, :self.n_cols]
+            return out
         if self.weight_dtype == "float16":
             return self.data.astype(np.float32)
         return self.data

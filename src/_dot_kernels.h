@@ -230,57 +230,206 @@ static inline float ef_scalar_i8(signed char q)
 #define ef_madd_double(total, w, x) ((total) + (w) * (x))
 #endif
 
-#define EF_DEFINE_DOTS(W, T, V, suffix)                                           \
-static inline void ef_acc_1x1_##suffix(const W* row, const T* x,                  \
-                                       ptrdiff_t n, T* acc)                       \
+/* Row handles.  The kernels address a row through a handle R and column
+ * indices: plain storage <w> (f32, f64, bf16, f16, i8) uses a pointer to the
+ * row's first weight; the group-wise q8 and q4 (groups of EF_GROUP columns,
+ * one IEEE-half scale each) a pointer to the codes and one to the scales,
+ * both at the row's first column (a multiple of EF_GROUP).  Per storage:
+ *   EF_GROUP_<w>                   columns one group load covers (8 or 32)
+ *   ef_gload_<w>(row, j, w)        w[0 .. EF_GROUP_<w>/8) = columns j.. of the
+ *                                  row as the compute type (j a multiple of
+ *                                  EF_GROUP_<w>)
+ *   ef_vload_<w>(row, j)           columns j .. j+7 (j a multiple of 8)
+ *   ef_sload_<w>(row, j)           column j
+ *   ef_pf_<w>(row, j)              prefetch ahead of column j */
+#define EF_GROUP 32
+
+typedef struct { const signed char* q; const unsigned short* d; } ef_q8_row;
+typedef struct { const unsigned char* q; const unsigned short* d; } ef_q4_row;
+
+/* An IEEE-half scale as float32 (exact). */
+static inline float ef_half_to_f32(unsigned short h)
+{
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    return ef_scalar_f16(h);
+#endif
+}
+
+#define EF_PLAIN_ROWS(W, T, V, suffix)                                            \
+enum { EF_GROUP_##suffix = EF_LANES };                                            \
+static inline void ef_gload_##suffix(const W* row, ptrdiff_t j, V* w)             \
+{ w[0] = ef_load_##suffix(row + j); }                                             \
+static inline V ef_vload_##suffix(const W* row, ptrdiff_t j)                      \
+{ return ef_load_##suffix(row + j); }                                             \
+static inline T ef_sload_##suffix(const W* row, ptrdiff_t j)                      \
+{ return ef_scalar_##suffix(row[j]); }                                            \
+static inline void ef_pf_##suffix(const W* row, ptrdiff_t j) { EF_PREFETCH(row + j); }
+
+EF_PLAIN_ROWS(float, float, ef_f32x8, f32)
+EF_PLAIN_ROWS(double, double, ef_f64x8, f64)
+EF_PLAIN_ROWS(unsigned short, float, ef_f32x8, bf16)
+EF_PLAIN_ROWS(unsigned short, float, ef_f32x8, f16)
+EF_PLAIN_ROWS(signed char, float, ef_f32x8, i8)
+
+/* q8: w = q * scale, |q| <= 127 and a half scale: exact in float32. */
+enum { EF_GROUP_q8 = EF_GROUP };
+static inline void ef_gload_q8(ef_q8_row row, ptrdiff_t j, ef_f32x8* w)
+{
+    ef_f32x8 s = (ef_f32x8) {0} + ef_half_to_f32(row.d[j / EF_GROUP]);
+    for (int k = 0; k < EF_GROUP / EF_LANES; k++)
+        w[k] = ef_load_i8(row.q + j + EF_LANES * k) * s;
+}
+static inline ef_f32x8 ef_vload_q8(ef_q8_row row, ptrdiff_t j)
+{
+    return ef_load_i8(row.q + j) * ((ef_f32x8) {0} + ef_half_to_f32(row.d[j / EF_GROUP]));
+}
+static inline float ef_sload_q8(ef_q8_row row, ptrdiff_t j)
+{
+    return ef_scalar_i8(row.q[j]) * ef_half_to_f32(row.d[j / EF_GROUP]);
+}
+static inline void ef_pf_q8(ef_q8_row row, ptrdiff_t j) { EF_PREFETCH(row.q + j); }
+
+/* q4: a group of 32 codes in 16 bytes, byte i holding column i (low nibble)
+ * and column i + 16 (high nibble); w = (code - 8) * scale, exact in float32. */
+enum { EF_GROUP_q4 = EF_GROUP };
+static inline void ef_q4_codes(const unsigned char* g, signed char* out)
+{
+#if defined(__SSE2__)
+    __m128i v = _mm_loadu_si128((const __m128i*) g), nib = _mm_set1_epi8(0x0F);
+    __m128i eight = _mm_set1_epi8(8);
+    _mm_storeu_si128((__m128i*) out, _mm_sub_epi8(_mm_and_si128(v, nib), eight));
+    _mm_storeu_si128((__m128i*) (out + 16),
+                     _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight));
+#else
+    for (int i = 0; i < EF_GROUP / 2; i++) {
+        out[i] = (signed char) ((g[i] & 0x0F) - 8);
+        out[i + EF_GROUP / 2] = (signed char) ((g[i] >> 4) - 8);
+    }
+#endif
+}
+static inline void ef_gload_q4(ef_q4_row row, ptrdiff_t j, ef_f32x8* w)
+{
+    ef_f32x8 s = (ef_f32x8) {0} + ef_half_to_f32(row.d[j / EF_GROUP]);
+#if defined(__AVX2__)
+    __m128i v = _mm_loadu_si128((const __m128i*) (row.q + j / 2));
+    __m128i nib = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    __m128i lo = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
+    __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
+    w[0] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)) * s;
+    w[1] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))) * s;
+    w[2] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)) * s;
+    w[3] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))) * s;
+#else
+    signed char codes[EF_GROUP];
+    ef_q4_codes(row.q + j / 2, codes);
+    for (int k = 0; k < EF_GROUP / EF_LANES; k++)
+        w[k] = ef_load_i8(codes + EF_LANES * k) * s;
+#endif
+}
+static inline float ef_sload_q4(ef_q4_row row, ptrdiff_t j)
+{
+    ptrdiff_t o = j % EF_GROUP;
+    unsigned char byte = row.q[(j - o) / 2 + o % (EF_GROUP / 2)];
+    int code = o < EF_GROUP / 2 ? (byte & 0x0F) : (byte >> 4);
+    return (float) (code - 8) * ef_half_to_f32(row.d[j / EF_GROUP]);
+}
+static inline ef_f32x8 ef_vload_q4(ef_q4_row row, ptrdiff_t j)
+{
+    signed char codes[EF_GROUP];
+    ptrdiff_t o = j % EF_GROUP;
+    ef_q4_codes(row.q + (j - o) / 2, codes);
+    return ef_load_i8(codes + o) * ((ef_f32x8) {0} + ef_half_to_f32(row.d[j / EF_GROUP]));
+}
+static inline void ef_pf_q4(ef_q4_row row, ptrdiff_t j) { EF_PREFETCH(row.q + j / 2); }
+
+/* The kernels, one definition for every storage type: R is the row handle,
+ * G the columns of one group load.  Within each accumulator the columns are
+ * added in increasing order, 8 at a time (lane l: columns j % 8 == l), so
+ * every storage type computes the float32 kernel's dot product on its
+ * converted weights; columns past the last whole group go 8 at a time. */
+#define EF_DEFINE_DOTS(R, T, V, suffix)                                           \
+static inline void ef_acc_1x1_##suffix(R row, const T* x, ptrdiff_t n, T* acc)    \
 {                                                                                 \
-    V a = EF_LOAD(V, acc);                                                        \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES)                                   \
-        a += ef_load_##suffix(row + j) * EF_LOAD(V, x + j);                       \
+    enum { G = EF_GROUP_##suffix, K = EF_GROUP_##suffix / EF_LANES };             \
+    V a = EF_LOAD(V, acc), w[K];                                                  \
+    ptrdiff_t j = 0;                                                              \
+    for (; j + G <= n; j += G) {                                                  \
+        ef_gload_##suffix(row, j, w);                                             \
+        for (int k = 0; k < K; k++) a += w[k] * EF_LOAD(V, x + j + EF_LANES * k); \
+    }                                                                             \
+    for (; j < n; j += EF_LANES)                                                  \
+        a += ef_vload_##suffix(row, j) * EF_LOAD(V, x + j);                       \
     EF_STORE(V, acc, a);                                                          \
 }                                                                                 \
                                                                                   \
-static inline void ef_acc_4x1_##suffix(const W* r0, const W* r1, const W* r2,     \
-                                       const W* r3, const T* x, ptrdiff_t n,      \
-                                       T* acc)                                    \
+static inline void ef_acc_4x1_##suffix(R r0, R r1, R r2, R r3, const T* x,        \
+                                       ptrdiff_t n, T* acc)                       \
 {                                                                                 \
+    enum { G = EF_GROUP_##suffix, K = EF_GROUP_##suffix / EF_LANES };             \
     V a0 = EF_LOAD(V, acc), a1 = EF_LOAD(V, acc + 8);                             \
     V a2 = EF_LOAD(V, acc + 16), a3 = EF_LOAD(V, acc + 24);                       \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
+    V w[K];                                                                       \
+    ptrdiff_t j = 0;                                                              \
+    /* Row by row within a group: 4 rows of K vectors would not fit the */       \
+    /* registers; x's group stays in L1. */                                       \
+    for (; j + G <= n; j += G) {                                                  \
+        ef_pf_##suffix(r0, j); ef_pf_##suffix(r1, j);                             \
+        ef_pf_##suffix(r2, j); ef_pf_##suffix(r3, j);                             \
+        ef_gload_##suffix(r0, j, w);                                              \
+        for (int k = 0; k < K; k++) a0 += w[k] * EF_LOAD(V, x + j + EF_LANES * k);\
+        ef_gload_##suffix(r1, j, w);                                              \
+        for (int k = 0; k < K; k++) a1 += w[k] * EF_LOAD(V, x + j + EF_LANES * k);\
+        ef_gload_##suffix(r2, j, w);                                              \
+        for (int k = 0; k < K; k++) a2 += w[k] * EF_LOAD(V, x + j + EF_LANES * k);\
+        ef_gload_##suffix(r3, j, w);                                              \
+        for (int k = 0; k < K; k++) a3 += w[k] * EF_LOAD(V, x + j + EF_LANES * k);\
+    }                                                                             \
+    for (; j < n; j += EF_LANES) {                                                \
         V xv = EF_LOAD(V, x + j);                                                 \
-        EF_PREFETCH(r0 + j); EF_PREFETCH(r1 + j);                                 \
-        EF_PREFETCH(r2 + j); EF_PREFETCH(r3 + j);                                 \
-        a0 += ef_load_##suffix(r0 + j) * xv;                                      \
-        a1 += ef_load_##suffix(r1 + j) * xv;                                      \
-        a2 += ef_load_##suffix(r2 + j) * xv;                                      \
-        a3 += ef_load_##suffix(r3 + j) * xv;                                      \
+        a0 += ef_vload_##suffix(r0, j) * xv; a1 += ef_vload_##suffix(r1, j) * xv; \
+        a2 += ef_vload_##suffix(r2, j) * xv; a3 += ef_vload_##suffix(r3, j) * xv; \
     }                                                                             \
     EF_STORE(V, acc, a0); EF_STORE(V, acc + 8, a1);                               \
     EF_STORE(V, acc + 16, a2); EF_STORE(V, acc + 24, a3);                         \
 }                                                                                 \
                                                                                   \
-static inline void ef_acc_3x4_##suffix(const W* r0, const W* r1, const W* r2,     \
+static inline void ef_acc_3x4_##suffix(R r0, R r1, R r2,                          \
                                        const T* x0, const T* x1,                  \
                                        const T* x2, const T* x3,                  \
                                        ptrdiff_t n, T* acc0, T* acc1,             \
                                        T* acc2)                                   \
 {                                                                                 \
+    enum { G = EF_GROUP_##suffix, K = EF_GROUP_##suffix / EF_LANES };             \
     V a00 = EF_LOAD(V, acc0), a01 = EF_LOAD(V, acc0 + 8);                         \
     V a02 = EF_LOAD(V, acc0 + 16), a03 = EF_LOAD(V, acc0 + 24);                   \
     V a10 = EF_LOAD(V, acc1), a11 = EF_LOAD(V, acc1 + 8);                         \
     V a12 = EF_LOAD(V, acc1 + 16), a13 = EF_LOAD(V, acc1 + 24);                   \
     V a20 = EF_LOAD(V, acc2), a21 = EF_LOAD(V, acc2 + 8);                         \
     V a22 = EF_LOAD(V, acc2 + 16), a23 = EF_LOAD(V, acc2 + 24);                   \
-    for (ptrdiff_t j = 0; j < n; j += EF_LANES) {                                 \
-        V w0 = ef_load_##suffix(r0 + j), w1 = ef_load_##suffix(r1 + j);           \
-        V w2 = ef_load_##suffix(r2 + j), v;                                       \
-        if (sizeof(W) >= 4) { /* narrower rows: the prefetches cost more */       \
-            EF_PREFETCH(r0 + j); EF_PREFETCH(r1 + j); EF_PREFETCH(r2 + j);        \
+    V w0[K], w1[K], w2[K];                                                        \
+    ptrdiff_t j = 0, jj;                                                          \
+    for (; j < n; j += (j + G <= n) ? G : EF_LANES) {                             \
+        int kk = (j + G <= n) ? K : 1;                                            \
+        if (kk == K) {                                                            \
+            ef_gload_##suffix(r0, j, w0); ef_gload_##suffix(r1, j, w1);           \
+            ef_gload_##suffix(r2, j, w2);                                         \
+        } else {                                                                  \
+            w0[0] = ef_vload_##suffix(r0, j); w1[0] = ef_vload_##suffix(r1, j);   \
+            w2[0] = ef_vload_##suffix(r2, j);                                     \
         }                                                                         \
-        v = EF_LOAD(V, x0 + j); a00 += w0 * v; a10 += w1 * v; a20 += w2 * v;      \
-        v = EF_LOAD(V, x1 + j); a01 += w0 * v; a11 += w1 * v; a21 += w2 * v;      \
-        v = EF_LOAD(V, x2 + j); a02 += w0 * v; a12 += w1 * v; a22 += w2 * v;      \
-        v = EF_LOAD(V, x3 + j); a03 += w0 * v; a13 += w1 * v; a23 += w2 * v;      \
+        if (EF_PREFETCH_ROWS_##suffix) {                                          \
+            ef_pf_##suffix(r0, j); ef_pf_##suffix(r1, j); ef_pf_##suffix(r2, j);  \
+        }                                                                         \
+        for (int k = 0; k < kk; k++) {                                            \
+            V v;                                                                  \
+            jj = j + EF_LANES * k;                                                \
+            v = EF_LOAD(V, x0 + jj); a00 += w0[k] * v; a10 += w1[k] * v; a20 += w2[k] * v; \
+            v = EF_LOAD(V, x1 + jj); a01 += w0[k] * v; a11 += w1[k] * v; a21 += w2[k] * v; \
+            v = EF_LOAD(V, x2 + jj); a02 += w0[k] * v; a12 += w1[k] * v; a22 += w2[k] * v; \
+            v = EF_LOAD(V, x3 + jj); a03 += w0[k] * v; a13 += w1[k] * v; a23 += w2[k] * v; \
+        }                                                                         \
     }                                                                             \
     EF_STORE(V, acc0, a00); EF_STORE(V, acc0 + 8, a01);                           \
     EF_STORE(V, acc0 + 16, a02); EF_STORE(V, acc0 + 24, a03);                     \
@@ -290,21 +439,31 @@ static inline void ef_acc_3x4_##suffix(const W* r0, const W* r1, const W* r2,   
     EF_STORE(V, acc2 + 16, a22); EF_STORE(V, acc2 + 24, a23);                     \
 }                                                                                 \
                                                                                   \
-static inline T ef_finish_##suffix(const T* acc, const W* row,                    \
-                                       const T* x, ptrdiff_t n_vec,               \
-                                       ptrdiff_t n)                               \
+static inline T ef_finish_##suffix(const T* acc, R row, const T* x,               \
+                                   ptrdiff_t n_vec, ptrdiff_t n)                  \
 {                                                                                 \
     T total = EF_REDUCE_LANES(acc);                                               \
     for (ptrdiff_t j = n_vec; j < n; j++)                                         \
-        total = ef_madd_##T(total, ef_scalar_##suffix(row[j]), x[j]);             \
+        total = ef_madd_##T(total, ef_sload_##suffix(row, j), x[j]);              \
     return total;                                                                 \
 }
 
-EF_DEFINE_DOTS(float, float, ef_f32x8, f32)
-EF_DEFINE_DOTS(double, double, ef_f64x8, f64)
-EF_DEFINE_DOTS(unsigned short, float, ef_f32x8, bf16)
-EF_DEFINE_DOTS(unsigned short, float, ef_f32x8, f16)
-EF_DEFINE_DOTS(signed char, float, ef_f32x8, i8)
+/* Narrow rows in the 3x4 kernel: the prefetches cost more than they gain. */
+#define EF_PREFETCH_ROWS_f32 1
+#define EF_PREFETCH_ROWS_f64 1
+#define EF_PREFETCH_ROWS_bf16 0
+#define EF_PREFETCH_ROWS_f16 0
+#define EF_PREFETCH_ROWS_i8 0
+#define EF_PREFETCH_ROWS_q8 0
+#define EF_PREFETCH_ROWS_q4 0
+
+EF_DEFINE_DOTS(const float*, float, ef_f32x8, f32)
+EF_DEFINE_DOTS(const double*, double, ef_f64x8, f64)
+EF_DEFINE_DOTS(const unsigned short*, float, ef_f32x8, bf16)
+EF_DEFINE_DOTS(const unsigned short*, float, ef_f32x8, f16)
+EF_DEFINE_DOTS(const signed char*, float, ef_f32x8, i8)
+EF_DEFINE_DOTS(ef_q8_row, float, ef_f32x8, q8)
+EF_DEFINE_DOTS(ef_q4_row, float, ef_f32x8, q4)
 
 /* Int8 rows, one byte per FMA, are compute-bound: eight rows give eight
  * independent FMA chains, enough to hide the FMA latency (four are not). */

@@ -136,6 +136,29 @@ cdef extern from "_dot_kernels.h" nogil:
     void ef_acc_3x4_i8(const signed char* r0, const signed char* r1, const signed char* r2,
                        const float* x0, const float* x1, const float* x2, const float* x3,
                        Py_ssize_t n, float* acc0, float* acc1, float* acc2)
+    # Group-wise q8 / q4 rows (codes and IEEE-half group scales).
+    ctypedef struct ef_q8_row:
+        const signed char* q
+        const unsigned short* d
+    ctypedef struct ef_q4_row:
+        const unsigned char* q
+        const unsigned short* d
+    void ef_acc_1x1_q8(ef_q8_row row, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_1x1_q4(ef_q4_row row, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_4x1_q8(ef_q8_row r0, ef_q8_row r1, ef_q8_row r2, ef_q8_row r3,
+                       const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_4x1_q4(ef_q4_row r0, ef_q4_row r1, ef_q4_row r2, ef_q4_row r3,
+                       const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_3x4_q8(ef_q8_row r0, ef_q8_row r1, ef_q8_row r2, const float* x0,
+                       const float* x1, const float* x2, const float* x3, Py_ssize_t n,
+                       float* acc0, float* acc1, float* acc2)
+    void ef_acc_3x4_q4(ef_q4_row r0, ef_q4_row r1, ef_q4_row r2, const float* x0,
+                       const float* x1, const float* x2, const float* x3, Py_ssize_t n,
+                       float* acc0, float* acc1, float* acc2)
+    float ef_finish_q8(const float* acc, ef_q8_row row, const float* x,
+                       Py_ssize_t n_vec, Py_ssize_t n)
+    float ef_finish_q4(const float* acc, ef_q4_row row, const float* x,
+                       Py_ssize_t n_vec, Py_ssize_t n)
 
 
 cdef enum:
@@ -188,15 +211,20 @@ cdef enum:
     STORED_BF16 = 1
     STORED_F16 = 2
     STORED_I8 = 3
+    STORED_Q8 = 4       # int8 codes, an IEEE-half scale per group of 32 columns
+    STORED_Q4 = 5       # 4-bit codes, two per byte, half scales per group of 32
+    GROUP = 32          # columns per q8/q4 group
 
 STORAGE_CODES = {"native": STORED_NATIVE, "bfloat16": STORED_BF16,
-                 "float16": STORED_F16, "int8": STORED_I8}
+                 "float16": STORED_F16, "int8": STORED_I8, "q8": STORED_Q8,
+                 "q4": STORED_Q4}
 
 ctypedef struct StoredMatrix:
     const char* data
     const float* scales       # int8 row scales, else NULL
+    const unsigned short* group_scales   # q8/q4 (n_rows, n_groups) half scales
     int storage
-    Py_ssize_t n_rows, n_cols, itemsize, row_bytes
+    Py_ssize_t n_rows, n_cols, itemsize, row_bytes, n_groups
 
 ctypedef struct HeadWeights:
     StoredMatrix weight       # W (d_proj, d_model)
@@ -207,6 +235,22 @@ ctypedef struct HeadWeights:
 
 cdef inline const char* row_at(const StoredMatrix* m, Py_ssize_t r) noexcept nogil:
     return m.data + r * m.row_bytes
+
+
+cdef inline ef_q8_row q8_row(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t col0) noexcept nogil:
+    """Row r of a q8 matrix from column col0 (a multiple of GROUP) on."""
+    cdef ef_q8_row row
+    row.q = <const signed char*> (row_at(m, r) + col0)
+    row.d = m.group_scales + r * m.n_groups + col0 // GROUP
+    return row
+
+
+cdef inline ef_q4_row q4_row(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t col0) noexcept nogil:
+    """Row r of a q4 matrix from column col0 (a multiple of GROUP) on."""
+    cdef ef_q4_row row
+    row.q = <const unsigned char*> (row_at(m, r) + col0 // 2)
+    row.d = m.group_scales + r * m.n_groups + col0 // GROUP
+    return row
 
 
 cdef inline Py_ssize_t spread_rows(const StoredMatrix* m) noexcept nogil:
@@ -233,6 +277,12 @@ cdef inline void acc_spread_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t
         ef_acc_4x1_f16(<const unsigned short*> w, <const unsigned short*> (w + step),
                        <const unsigned short*> (w + 2 * step),
                        <const unsigned short*> (w + 3 * step), x, n, acc)
+    elif m.storage == STORED_Q8:
+        ef_acc_4x1_q8(q8_row(m, r, 0), q8_row(m, r + stride, 0), q8_row(m, r + 2 * stride, 0),
+                      q8_row(m, r + 3 * stride, 0), x, n, acc)
+    elif m.storage == STORED_Q4:
+        ef_acc_4x1_q4(q4_row(m, r, 0), q4_row(m, r + stride, 0), q4_row(m, r + 2 * stride, 0),
+                      q4_row(m, r + 3 * stride, 0), x, n, acc)
     else:
         ef_acc_8x1_i8(<const signed char*> w, stride * m.n_cols, x, n, acc)
 
@@ -243,6 +293,10 @@ cdef inline void acc_1x1_row(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t col
     cdef const char* w = row_at(m, r) + col0 * m.itemsize
     if floating is double or m.storage == STORED_NATIVE:
         acc_1x1(<const floating*> w, x, n, acc)
+    elif m.storage == STORED_Q8:
+        ef_acc_1x1_q8(q8_row(m, r, col0), x, n, acc)
+    elif m.storage == STORED_Q4:
+        ef_acc_1x1_q4(q4_row(m, r, col0), x, n, acc)
     elif m.storage == STORED_BF16:
         ef_acc_1x1_bf16(<const unsigned short*> w, x, n, acc)
     elif m.storage == STORED_F16:
@@ -262,6 +316,14 @@ cdef inline void acc_3x4_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t co
         acc_3x4(<const floating*> w, <const floating*> (w + step),
                 <const floating*> (w + 2 * step), x, x + x_stride, x + 2 * x_stride,
                 x + 3 * x_stride, n, acc, acc + acc_stride, acc + 2 * acc_stride)
+    elif m.storage == STORED_Q8:
+        ef_acc_3x4_q8(q8_row(m, r, col0), q8_row(m, r + 1, col0), q8_row(m, r + 2, col0),
+                      x, x + x_stride, x + 2 * x_stride, x + 3 * x_stride, n, acc,
+                      acc + acc_stride, acc + 2 * acc_stride)
+    elif m.storage == STORED_Q4:
+        ef_acc_3x4_q4(q4_row(m, r, col0), q4_row(m, r + 1, col0), q4_row(m, r + 2, col0),
+                      x, x + x_stride, x + 2 * x_stride, x + 3 * x_stride, n, acc,
+                      acc + acc_stride, acc + 2 * acc_stride)
     elif m.storage == STORED_BF16:
         ef_acc_3x4_bf16(<const unsigned short*> w, <const unsigned short*> (w + step),
                         <const unsigned short*> (w + 2 * step), x, x + x_stride,
@@ -294,6 +356,10 @@ cdef inline floating finish_row(const StoredMatrix* m, Py_ssize_t r, const float
         return ef_finish_bf16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
     elif m.storage == STORED_F16:
         return ef_finish_f16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
+    elif m.storage == STORED_Q8:
+        return ef_finish_q8(acc, q8_row(m, r, 0), x, n_vec, m.n_cols)
+    elif m.storage == STORED_Q4:
+        return ef_finish_q4(acc, q4_row(m, r, 0), x, n_vec, m.n_cols)
     else:
         dot = ef_finish_i8(acc, <const signed char*> w, x, n_vec, m.n_cols)
         if isfinite(dot):
@@ -614,15 +680,24 @@ def read_probe(const float[::1] data, int n_threads):
     return total
 
 
-cdef StoredMatrix stored_matrix(cnp.ndarray data, object scales, int storage):
+cdef StoredMatrix stored_matrix(cnp.ndarray data, object scales, int storage,
+                               Py_ssize_t n_cols):
+    """n_cols: the column count (q4 rows hold two per byte; -1: data's)."""
     cdef StoredMatrix m
     m.data = <const char*> cnp.PyArray_DATA(data)
-    m.scales = <const float*> cnp.PyArray_DATA(<cnp.ndarray> scales) if scales is not None else NULL
+    m.scales = NULL
+    m.group_scales = NULL
     m.storage = storage
     m.n_rows = cnp.PyArray_DIMS(data)[0]
-    m.n_cols = cnp.PyArray_DIMS(data)[1]
     m.itemsize = cnp.PyArray_ITEMSIZE(data)
-    m.row_bytes = m.n_cols * m.itemsize
+    m.row_bytes = cnp.PyArray_DIMS(data)[1] * m.itemsize
+    m.n_cols = n_cols if n_cols >= 0 else cnp.PyArray_DIMS(data)[1]
+    m.n_groups = 0
+    if storage == STORED_Q8 or storage == STORED_Q4:
+        m.group_scales = <const unsigned short*> cnp.PyArray_DATA(<cnp.ndarray> scales)
+        m.n_groups = cnp.PyArray_DIMS(<cnp.ndarray> scales)[1]
+    elif scales is not None:
+        m.scales = <const float*> cnp.PyArray_DATA(<cnp.ndarray> scales)
     return m
 
 
@@ -647,7 +722,10 @@ cdef class KernelHead:
     compute dtype (float32 or float64); ``weight_dtype`` says how the two
     matrices are stored: "native" (the compute dtype), or, with a float32
     bias, "bfloat16" (uint16 bit patterns), "float16" or "int8" (with float32
-    row scales ``projection_scales`` / ``lm_head_scales``).  ``residual``
+    row scales ``projection_scales`` / ``lm_head_scales``), "q8" / "q4" (with
+    float16 group scales of shape (rows, groups); q4 rows are uint8, two
+    codes per byte, padded to whole groups: ``d_model`` gives the projection's
+    column count).  ``residual``
     makes it a Medusa head, x = h + SiLU(W h + b) (d_proj == d_model).
     """
     cdef object _arrays
@@ -657,15 +735,17 @@ cdef class KernelHead:
 
     def __init__(self, cnp.ndarray projection_weight, cnp.ndarray projection_bias,
                  cnp.ndarray lm_head_weight, str weight_dtype="native",
-                 projection_scales=None, lm_head_scales=None, bint residual=False):
+                 projection_scales=None, lm_head_scales=None, bint residual=False,
+                 Py_ssize_t d_model=-1):
         cdef int storage = STORAGE_CODES[weight_dtype]
         self._arrays = (projection_weight, projection_bias, lm_head_weight,
                         projection_scales, lm_head_scales)
         self.type_num = cnp.PyArray_TYPE(projection_bias)
         if storage != STORED_NATIVE and self.type_num != cnp.NPY_FLOAT32:
             raise ValueError("low-precision weights compute in float32")
-        self.head.weight = stored_matrix(projection_weight, projection_scales, storage)
-        self.head.lm_head = stored_matrix(lm_head_weight, lm_head_scales, storage)
+        self.head.weight = stored_matrix(projection_weight, projection_scales, storage, d_model)
+        self.head.lm_head = stored_matrix(lm_head_weight, lm_head_scales, storage,
+                                          cnp.PyArray_DIMS(projection_bias)[0])
         self.head.bias = cnp.PyArray_DATA(projection_bias)
         self.head.residual = residual
         self.d_proj = self.head.weight.n_rows
