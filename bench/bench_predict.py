@@ -4,7 +4,7 @@ Usage::
 
     python bench/bench_predict.py [--quick] [--sizes NAME|DxPxV ...]
         [--batches 1 4 16 64] [--dtype float32|float64 ...] [--repeats N]
-        [--weight-dtypes float32 bfloat16 float16 int8]
+        [--weight-dtypes float32 bfloat16 float16 int8 q8 q4]
         [--accuracy-size NAME|DxPxV] [--accuracy-states N]
         [--json PATH] [--plot PATH]
 
@@ -16,7 +16,7 @@ with the "flat" random weights (below; fixed seed) at each size
 * ``eagle_fast`` compiled, baseline SIMD level (when it differs);
 * ``eagle_fast`` Python (NumPy) fallback backend;
 * in float32 runs, ``eagle_fast`` compiled, best SIMD level, with W and L
-  stored as each of ``--weight-dtypes`` bfloat16, float16, int8 (the same
+  stored as each of ``--weight-dtypes`` bfloat16, float16, int8, q8, q4 (the same
   weights converted by ``DraftHead(..., weight_dtype=...)``); they are
   contenders of the same round-robin, so their ratios come from one run;
 * NumPy written by hand, as a user would;
@@ -58,7 +58,7 @@ Methodology
   timed.
 
 Columns: the contender's weight storage (``weights``) and the bytes it stores
-(``stored``: W + b + L, plus int8's per-row scales -- ``DraftHead.nbytes``,
+(``stored``: W + b + L, plus int8's per-row and q8/q4's per-group scales -- ``DraftHead.nbytes``,
 what one B = 1 call streams); median time per call; GB/s of those stored
 bytes; that bandwidth as a % of the read probe's; the speed ratio vs NumPy
 (``numpy_time / time``, > 1 means faster than NumPy; NumPy always uses the
@@ -146,7 +146,11 @@ PROBE_MIN_BYTES = 1 << 20     # no read probe for heads that fit in cache
 DEFAULT_REPEATS = 9
 QUICK_REPEATS = 7
 F32_NEAR_TIE_RTOL = 1e-4      # float32 tokens may differ when logits are this close
-LOW_PRECISION = ("bfloat16", "float16", "int8")
+LOW_PRECISION = ("bfloat16", "float16", "int8", "q8", "q4")
+# Bytes per weight of each low-precision storage (q8/q4: with their float16
+# group scales, one per 32 weights), for the memory estimate.
+LOW_PRECISION_BYTES = {"bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "q8": 34 / 32,
+                       "q4": 18 / 32}
 WEIGHT_DTYPES = ("float32",) + LOW_PRECISION   # --weight-dtypes choices (float32 runs)
 FLAT_SCALE = 0.02             # std of every weight of the "flat" head (the timed one)
 PEAKED_LOG_NORM_SIGMA = 1.0   # "peaked" head: L row norms ~ exp(N(0, sigma^2)) ...
@@ -462,7 +466,7 @@ def make_hidden(size: Size, batch: int, dtype: np.dtype) -> np.ndarray:
     return rng.standard_normal(shape, dtype=dtype)
 
 
-def memory_needed(size: Size, itemsize: int, max_batch: int, low_precision_bytes: int = 0
+def memory_needed(size: Size, itemsize: int, max_batch: int, low_precision_bytes: float = 0
                   ) -> int:
     """Weights (plus ``low_precision_bytes`` per weight for the low-precision
     heads, and a float32 dequantized copy while their tokens are checked), plus
@@ -470,7 +474,7 @@ def memory_needed(size: Size, itemsize: int, max_batch: int, low_precision_bytes
     copies of the logits, some in float64), plus slack."""
     per_state = size.vocab * (4 * itemsize + 5 * 8)
     per_weight = itemsize + low_precision_bytes + (4 if low_precision_bytes else 0)
-    return size.n_weights * per_weight + max_batch * per_state + 256 * 2**20
+    return int(size.n_weights * per_weight) + max_batch * per_state + 256 * 2**20
 
 
 # -- contenders ---------------------------------------------------------------
@@ -1073,7 +1077,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{dtype.name} run: low-precision weights compute in float32, "
                   f"timed in float32 runs only\n")
         for size in args.sizes:
-            lp_bytes = sum(2 if name != "int8" else 1 for name in low_precision)
+            lp_bytes = sum(LOW_PRECISION_BYTES[name] for name in low_precision)
             needed = memory_needed(size, dtype.itemsize, max(args.batches), lp_bytes)
             available = available_memory_bytes()
             if available is not None and needed > available:

@@ -1,4 +1,5 @@
-"""Low-precision draft heads: weight_dtype = "bfloat16", "float16", "int8".
+"""Low-precision draft heads: weight_dtype = "bfloat16", "float16", "int8",
+"q8", "q4" (the group-wise formats' own checks: test_group_quant.py).
 
 What this module proves, on every backend (conftest runs each test on
 compiled-x86-64-v3, compiled-baseline and python):
@@ -36,7 +37,9 @@ from eagle_fast import DraftHead
 from reference import float64_reference
 from support import random_head
 
-LOW = ["bfloat16", "float16", "int8"]
+ELEMENTWISE = ["bfloat16", "float16", "int8"]
+LOW = ELEMENTWISE + ["q8", "q4"]
+GROUP = 32
 ALL = ["float32", "float64"] + LOW
 # Low-precision heads compute in float32: same tolerances as a float32 head
 # in test_draft_head.py (a multiple of the sum of |terms| behind each logit).
@@ -57,11 +60,38 @@ def f16_to_f64(bits) -> np.ndarray:
     return np.asarray(bits).astype(np.uint16).view(np.float16).astype(np.float64)
 
 
-def decode(weight_dtype, data, scales=None) -> np.ndarray:
+def group_scales(scales, n_cols) -> np.ndarray:
+    """float16 group scales (rows, groups) as float64, one per column."""
+    assert scales.dtype == np.float16 and scales.shape[1] == -(-n_cols // GROUP)
+    return np.repeat(scales.astype(np.float64), GROUP, axis=1)[:, :n_cols]
+
+
+def q4_codes(data, n_cols) -> np.ndarray:
+    """The 4-bit codes of q4 rows: group g's byte i holds column 32 g + i in
+    its low nibble and 32 g + 16 + i in its high nibble (plain loops)."""
+    rows, n_bytes = data.shape
+    assert n_bytes == 16 * -(-n_cols // GROUP)
+    codes = np.empty((rows, 2 * n_bytes), dtype=np.int64)
+    for g in range(n_bytes // 16):
+        for i in range(16):
+            byte = data[:, 16 * g + i].astype(np.int64)
+            codes[:, 32 * g + i] = byte % 16
+            codes[:, 32 * g + 16 + i] = byte // 16
+    return codes
+
+
+def decode(weight_dtype, data, scales=None, n_cols=None) -> np.ndarray:
     """A stored matrix as exact float64 values, checking the storage dtype."""
     expected = {"bfloat16": np.uint16, "float16": np.float16, "int8": np.int8,
-                "float32": np.float32, "float64": np.float64}[weight_dtype]
+                "float32": np.float32, "float64": np.float64, "q8": np.int8,
+                "q4": np.uint8}[weight_dtype]
     assert data.dtype == expected
+    if weight_dtype == "q8":
+        return data.astype(np.float64) * group_scales(scales, data.shape[1])
+    if weight_dtype == "q4":
+        codes = q4_codes(data, n_cols)
+        assert (codes[:, n_cols:] == 8).all()  # padding: weight 0
+        return (codes[:, :n_cols] - 8) * group_scales(scales, n_cols)
     if weight_dtype == "bfloat16":
         return bf16_to_f64(data)
     if weight_dtype == "int8":
@@ -74,8 +104,10 @@ def decode(weight_dtype, data, scales=None) -> np.ndarray:
 def dequantized(head):
     """(W, b, L) in float64, decoded from head.stored_arrays()."""
     a = head.stored_arrays()
-    W = decode(head.weight_dtype, a["projection.weight"], a.get("projection.weight_scale"))
-    L = decode(head.weight_dtype, a["lm_head.weight"], a.get("lm_head.weight_scale"))
+    W = decode(head.weight_dtype, a["projection.weight"], a.get("projection.weight_scale"),
+               head.d_model)
+    L = decode(head.weight_dtype, a["lm_head.weight"], a.get("lm_head.weight_scale"),
+               head.d_proj)
     return W, a["projection.bias"].astype(np.float64), L
 
 
@@ -126,13 +158,15 @@ def full(head, hidden, **kwargs):
     return head.predict(hidden, return_logits=True, return_probs=True, **kwargs)
 
 
-def from_stored_kwargs(arrays):
+def from_stored_kwargs(arrays, head=None):
     kwargs = {"projection_weight": arrays["projection.weight"],
               "projection_bias": arrays["projection.bias"],
               "lm_head_weight": arrays["lm_head.weight"]}
     if "projection.weight_scale" in arrays:
         kwargs["projection_scales"] = arrays["projection.weight_scale"]
         kwargs["lm_head_scales"] = arrays["lm_head.weight_scale"]
+    if head is not None and head.weight_dtype == "q4":
+        kwargs["d_model"] = head.d_model
     return kwargs
 
 
@@ -191,7 +225,7 @@ def exact_rows(rng, shape, weight_dtype, exponents):
     return k * 2.0 ** rng.integers(*exponents, (shape[0], 1))
 
 
-@pytest.mark.parametrize("weight_dtype", LOW)
+@pytest.mark.parametrize("weight_dtype", ELEMENTWISE)
 def test_exactly_computable_logits_are_exact(weight_dtype):
     """Heads whose every float32 operation is exact (SiLU past its 500 cut-off
     is the identity): the logits must equal the float64 values bit for bit,
@@ -522,7 +556,7 @@ FROM_STORED_ERRORS = [
 def test_from_stored_rejects_bad_arrays(weight_dtype, argument, change, error):
     head = DraftHead(*random_head(np.random.default_rng(111), 6, 4, 9),
                      weight_dtype=weight_dtype)
-    kwargs = from_stored_kwargs(head.stored_arrays())
+    kwargs = from_stored_kwargs(head.stored_arrays(), head)
     DraftHead.from_stored(weight_dtype, **kwargs)  # unchanged: accepted
     kwargs[argument] = change(kwargs.get(argument))
     with pytest.raises(error):
@@ -544,7 +578,8 @@ def test_to_equals_direct_construction(weight_dtype):
         assert_same_stored(converted, DraftHead(W, b, L, weight_dtype=weight_dtype))
         assert converted.to(weight_dtype) is converted
         assert base.to(dtype) is base and base.to(np.dtype(dtype).name) is base
-    alias = {"bfloat16": "bf16", "float16": "fp16", "int8": "int8"}[weight_dtype]
+    alias = {"bfloat16": "bf16", "float16": "fp16", "int8": "int8", "q8": "Q8",
+             "q4": "Q4"}[weight_dtype]
     assert converted.to(alias) is converted
 
 
@@ -554,7 +589,11 @@ def test_nbytes():
     n_weights = W.size + L.size
     expected = {"float64": 8 * (n_weights + d_proj), "float32": 4 * (n_weights + d_proj),
                 "bfloat16": 2 * n_weights + 4 * d_proj, "float16": 2 * n_weights + 4 * d_proj,
-                "int8": n_weights + 4 * (d_proj + vocab) + 4 * d_proj}
+                "int8": n_weights + 4 * (d_proj + vocab) + 4 * d_proj,
+                # 48 columns of L: 2 groups, the last padded in q4's codes.
+                "q8": n_weights + 2 * (d_proj * 2 + vocab * 2) + 4 * d_proj,
+                "q4": 16 * (d_proj * 2 + vocab * 2) + 2 * (d_proj * 2 + vocab * 2)
+                + 4 * d_proj}
     heads = {name: DraftHead(W, b, L, weight_dtype=name) for name in ALL}
     for name, head in heads.items():
         assert head.weight_dtype == name and head.nbytes == expected[name], name
@@ -570,7 +609,7 @@ def test_from_stored_and_pickle_round_trips_are_bit_exact(weight_dtype):
     expected = full(head, hidden, top_k=4)
     arrays = head.stored_arrays()
     assert all(not a.flags.writeable for a in arrays.values())
-    for copy in (DraftHead.from_stored(weight_dtype, **from_stored_kwargs(arrays)),
+    for copy in (DraftHead.from_stored(weight_dtype, **from_stored_kwargs(arrays, head)),
                  pickle.loads(pickle.dumps(head))):
         assert copy.weight_dtype == weight_dtype and copy.dtype == head.dtype
         assert copy.nbytes == head.nbytes
