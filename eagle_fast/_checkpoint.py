@@ -4,9 +4,13 @@
 tensors ``projection.weight`` (d_proj, d_model), ``projection.bias``
 (d_proj,), ``lm_head.weight`` (vocab_size, d_proj), for int8 heads also
 ``projection.weight_scale`` (d_proj,) and ``lm_head.weight_scale``
-(vocab_size,) in F32, and for an EAGLE-3 reduced draft vocabulary ``d2t``
-(vocab_size,) in I64.  Matrices are stored exactly as the head stores them
-(safetensors dtype F32, F64, BF16, F16 or I8); the bias is F32 (F64 for a
+(vocab_size,) in F32, for q8/q4 heads per-group F16 scales
+``projection.weight_scale`` (d_proj, ceil(d_model / 32)) and
+``lm_head.weight_scale`` (vocab_size, ceil(d_proj / 32)), and for an EAGLE-3
+reduced draft vocabulary ``d2t`` (vocab_size,) in I64.  Matrices are stored
+exactly as the head stores them (safetensors dtype F32, F64, BF16, F16, I8
+(int8, q8) or U8 (q4: two 4-bit codes per byte, each row padded to whole
+groups of 32, so (d_proj, 16 * ceil(d_model / 32)))); the bias is F32 (F64 for a
 float64 head).  The header's ``__metadata__`` holds the configuration, all
 values strings: ``format="eagle_fast.draft_head"``, ``format_version="1"``,
 ``d_model``, ``d_proj``, ``vocab_size``, ``activation="silu"``, ``residual``
@@ -53,7 +57,7 @@ from ._head import DraftHead
 from ._medusa import MedusaHeads
 from ._safetensors import (CheckpointError, Header, SafetensorsFile, read_header, shown,
                            write_safetensors)
-from ._storage import WEIGHT_DTYPES, decode_bfloat16, resolve_weight_dtype
+from ._storage import GROUPED, GROUP_SIZE, WEIGHT_DTYPES, decode_bfloat16, n_groups, resolve_weight_dtype
 from ._validation import MAX_VOCAB_SIZE
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -69,9 +73,12 @@ MAX_MEDUSA_HEADS = 256
 
 # weight_dtype -> safetensors dtype of its matrices, and of the bias.
 _MATRIX_DTYPE = {"float32": "F32", "float64": "F64", "bfloat16": "BF16",
-                 "float16": "F16", "int8": "I8"}
+                 "float16": "F16", "int8": "I8", "q8": "I8", "q4": "U8"}
 _BIAS_DTYPE = {"float32": "F32", "float64": "F64", "bfloat16": "F32",
-               "float16": "F32", "int8": "F32"}
+               "float16": "F32", "int8": "F32", "q8": "F32", "q4": "F32"}
+# weight_dtype -> safetensors dtype of its scales (per row for int8, per
+# group of GROUP_SIZE columns for q8/q4).
+_SCALE_DTYPE = {"int8": "F32", "q8": "F16", "q4": "F16"}
 # safetensors dtype of a Medusa checkpoint's matrices -> weight_dtype.
 _MEDUSA_STORAGE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
@@ -94,8 +101,9 @@ def save_head(head: DraftHead, path: PathLike) -> None:
     weight_dtype = head.weight_dtype
     matrix, bias = _MATRIX_DTYPE[weight_dtype], _BIAS_DTYPE[weight_dtype]
     file_dtypes = {"projection.weight": matrix, "projection.bias": bias,
-                   "lm_head.weight": matrix, "projection.weight_scale": "F32",
-                   "lm_head.weight_scale": "F32", "d2t": "I64"}
+                   "lm_head.weight": matrix,
+                   "projection.weight_scale": _SCALE_DTYPE.get(weight_dtype, "F32"),
+                   "lm_head.weight_scale": _SCALE_DTYPE.get(weight_dtype, "F32"), "d2t": "I64"}
     arrays = dict(head.stored_arrays())
     metadata = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -205,7 +213,7 @@ def plan_head(header: Header) -> HeadPlan:
                            f"says d_proj={d_proj}, d_model={d_model}")
 
     has_d2t = "d2t" in header.tensors
-    expected = set(_HEAD_KEYS) | (set(_SCALE_KEYS) if weight_dtype == "int8" else set())
+    expected = set(_HEAD_KEYS) | (set(_SCALE_KEYS) if weight_dtype in _SCALE_DTYPE else set())
     _check_keys(header, expected | ({"d2t"} if has_d2t else set()),
                 f"a {weight_dtype} eagle_fast head")
     target_vocab = None
@@ -216,12 +224,25 @@ def plan_head(header: Header) -> HeadPlan:
 
     matrix = (_MATRIX_DTYPE[weight_dtype],)
     what = f"a {weight_dtype} head"
-    _check_tensor(header, "projection.weight", matrix, (d_proj, d_model),
-                  "(d_proj, d_model)", what)
+    if weight_dtype == "q4":  # two codes per byte, rows padded to whole groups
+        half = GROUP_SIZE // 2
+        _check_tensor(header, "projection.weight", matrix, (d_proj, half * n_groups(d_model)),
+                      f"(d_proj, {half} * ceil(d_model / {GROUP_SIZE}))", what)
+        lm_head_cols = half * n_groups(d_proj)
+        lm_head_label = f"(vocab_size, {half} * ceil(d_proj / {GROUP_SIZE}))"
+    else:
+        _check_tensor(header, "projection.weight", matrix, (d_proj, d_model),
+                      "(d_proj, d_model)", what)
+        lm_head_cols, lm_head_label = d_proj, "(vocab_size, d_proj)"
     _check_tensor(header, "projection.bias", (_BIAS_DTYPE[weight_dtype],), (d_proj,),
                   "(d_proj,)", what)
-    _check_tensor(header, "lm_head.weight", matrix, (vocab, d_proj),
-                  "(vocab_size, d_proj)", what)
+    _check_tensor(header, "lm_head.weight", matrix, (vocab, lm_head_cols), lm_head_label, what)
+    if weight_dtype in GROUPED:
+        _check_tensor(header, "projection.weight_scale", ("F16",),
+                      (d_proj, n_groups(d_model)),
+                      f"(d_proj, ceil(d_model / {GROUP_SIZE}))", what)
+        _check_tensor(header, "lm_head.weight_scale", ("F16",), (vocab, n_groups(d_proj)),
+                      f"(vocab_size, ceil(d_proj / {GROUP_SIZE}))", what)
     if weight_dtype == "int8":
         _check_tensor(header, "projection.weight_scale", ("F32",), (d_proj,),
                       "(d_proj,)", what)
@@ -244,7 +265,8 @@ def load_head(path: PathLike) -> DraftHead:
             plan.weight_dtype, arrays["projection.weight"], arrays["projection.bias"],
             arrays["lm_head.weight"], projection_scales=arrays.get("projection.weight_scale"),
             lm_head_scales=arrays.get("lm_head.weight_scale"), residual=plan.residual,
-            d2t=arrays.get("d2t"), target_vocab_size=plan.target_vocab_size)
+            d2t=arrays.get("d2t"), target_vocab_size=plan.target_vocab_size,
+            d_model=plan.d_model if plan.weight_dtype == "q4" else None)
     except (ValueError, TypeError) as exc:
         raise header.error(str(exc)) from exc
 
