@@ -40,13 +40,15 @@ examples:
   eagle-fast demo                         a Llama-7B-sized head on random weights
   eagle-fast demo --preset tiny --top-k 4 --batch 3
   eagle-fast demo --weight-dtype int8     the same head stored in 1 byte per weight
+  eagle-fast demo --weight-dtype q4       4-bit groups of 32 (4.5 bits per weight)
   eagle-fast demo --checkpoint draft_head.safetensors
   eagle-fast inspect medusa_lm_head.safetensors --json
   eagle-fast info                         how the kernels were built (JSON)
 """
 
 # Bytes per weight of each storage type.
-_STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1}
+_STORED_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1,
+                 "q8": 34 / 32, "q4": 18 / 32}
 # Weights per block while building random weights (bounds the temporaries).
 _BLOCK_WEIGHTS = 1 << 20
 # The calibration head that the demo's time estimate is scaled from.
@@ -138,7 +140,7 @@ def _demo_memory(n_weights: int, n_bias: int, vocab: int, d_model: int, itemsize
     of the fallback (float64)."""
     weights = (n_weights + n_bias) * itemsize
     stored = _STORED_BYTES[weight_dtype] if weight_dtype else 0
-    extra = n_weights * (stored + (8 if weight_dtype else 0) + 1)
+    extra = int(n_weights * (stored + (8 if weight_dtype else 0) + 1))
     per_state = vocab * 6 * 8 + d_model * 8
     return _BASE_BYTES + weights + _BLOCK_WEIGHTS * 4 + extra + batch * per_state
 

@@ -465,6 +465,33 @@ EF_DEFINE_DOTS(const signed char*, float, ef_f32x8, i8)
 EF_DEFINE_DOTS(ef_q8_row, float, ef_f32x8, q8)
 EF_DEFINE_DOTS(ef_q4_row, float, ef_f32x8, q4)
 
+/* Eight rows at once for one state (the B = 1 path of int8/q8/q4, which are
+ * compute-bound): eight independent FMA chains hide the FMA latency, four
+ * do not.  acc[u] += rows[u] . x for u < 8. */
+#define EF_DEFINE_8X1(R, suffix)                                                  \
+static inline void ef_acc_8x1r_##suffix(const R* rows, const float* x,            \
+                                        ptrdiff_t n, float* acc)                  \
+{                                                                                 \
+    enum { G = EF_GROUP_##suffix, K = EF_GROUP_##suffix / EF_LANES };             \
+    ef_f32x8 a[8], w[K];                                                          \
+    ptrdiff_t j = 0;                                                              \
+    for (int u = 0; u < 8; u++) a[u] = EF_LOAD(ef_f32x8, acc + 8 * u);            \
+    for (; j + G <= n; j += G)                                                    \
+        for (int u = 0; u < 8; u++) {                                             \
+            ef_pf_##suffix(rows[u], j);                                           \
+            ef_gload_##suffix(rows[u], j, w);                                     \
+            for (int k = 0; k < K; k++)                                           \
+                a[u] += w[k] * EF_LOAD(ef_f32x8, x + j + EF_LANES * k);           \
+        }                                                                         \
+    for (; j < n; j += EF_LANES)                                                  \
+        for (int u = 0; u < 8; u++)                                               \
+            a[u] += ef_vload_##suffix(rows[u], j) * EF_LOAD(ef_f32x8, x + j);     \
+    for (int u = 0; u < 8; u++) EF_STORE(ef_f32x8, acc + 8 * u, a[u]);            \
+}
+
+EF_DEFINE_8X1(ef_q8_row, q8)
+EF_DEFINE_8X1(ef_q4_row, q4)
+
 /* Int8 rows, one byte per FMA, are compute-bound: eight rows give eight
  * independent FMA chains, enough to hide the FMA latency (four are not). */
 static inline void ef_acc_8x1_i8(const signed char* r0, ptrdiff_t row_step,

@@ -145,16 +145,14 @@ cdef extern from "_dot_kernels.h" nogil:
         const unsigned short* d
     void ef_acc_1x1_q8(ef_q8_row row, const float* x, Py_ssize_t n, float* acc)
     void ef_acc_1x1_q4(ef_q4_row row, const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_4x1_q8(ef_q8_row r0, ef_q8_row r1, ef_q8_row r2, ef_q8_row r3,
-                       const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_4x1_q4(ef_q4_row r0, ef_q4_row r1, ef_q4_row r2, ef_q4_row r3,
-                       const float* x, Py_ssize_t n, float* acc)
     void ef_acc_3x4_q8(ef_q8_row r0, ef_q8_row r1, ef_q8_row r2, const float* x0,
                        const float* x1, const float* x2, const float* x3, Py_ssize_t n,
                        float* acc0, float* acc1, float* acc2)
     void ef_acc_3x4_q4(ef_q4_row r0, ef_q4_row r1, ef_q4_row r2, const float* x0,
                        const float* x1, const float* x2, const float* x3, Py_ssize_t n,
                        float* acc0, float* acc1, float* acc2)
+    void ef_acc_8x1r_q8(const ef_q8_row* rows, const float* x, Py_ssize_t n, float* acc)
+    void ef_acc_8x1r_q4(const ef_q4_row* rows, const float* x, Py_ssize_t n, float* acc)
     float ef_finish_q8(const float* acc, ef_q8_row row, const float* x,
                        Py_ssize_t n_vec, Py_ssize_t n)
     float ef_finish_q4(const float* acc, ef_q4_row row, const float* x,
@@ -257,7 +255,7 @@ cdef inline Py_ssize_t spread_rows(const StoredMatrix* m) noexcept nogil:
     """Rows one state reads at a time.  Four read streams saturate memory;
     int8 rows, 1 byte per FMA, are compute-bound with only four FMA chains in
     flight, so they take eight."""
-    return 8 if m.storage == STORED_I8 else 4
+    return 8 if m.storage in (STORED_I8, STORED_Q8, STORED_Q4) else 4
 
 
 cdef inline void acc_spread_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t stride,
@@ -265,6 +263,9 @@ cdef inline void acc_spread_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t
                                  floating* acc) noexcept nogil:
     """acc[u] += row(r + u * stride) . x for u < spread_rows(m)."""
     cdef const char* w = row_at(m, r)
+    cdef ef_q8_row q8_rows[8]
+    cdef ef_q4_row q4_rows[8]
+    cdef int u
     cdef Py_ssize_t step = stride * m.row_bytes
     if floating is double or m.storage == STORED_NATIVE:
         acc_4x1(<const floating*> w, <const floating*> (w + step),
@@ -278,11 +279,13 @@ cdef inline void acc_spread_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t
                        <const unsigned short*> (w + 2 * step),
                        <const unsigned short*> (w + 3 * step), x, n, acc)
     elif m.storage == STORED_Q8:
-        ef_acc_4x1_q8(q8_row(m, r, 0), q8_row(m, r + stride, 0), q8_row(m, r + 2 * stride, 0),
-                      q8_row(m, r + 3 * stride, 0), x, n, acc)
+        for u in range(8):
+            q8_rows[u] = q8_row(m, r + u * stride, 0)
+        ef_acc_8x1r_q8(q8_rows, x, n, acc)
     elif m.storage == STORED_Q4:
-        ef_acc_4x1_q4(q4_row(m, r, 0), q4_row(m, r + stride, 0), q4_row(m, r + 2 * stride, 0),
-                      q4_row(m, r + 3 * stride, 0), x, n, acc)
+        for u in range(8):
+            q4_rows[u] = q4_row(m, r + u * stride, 0)
+        ef_acc_8x1r_q4(q4_rows, x, n, acc)
     else:
         ef_acc_8x1_i8(<const signed char*> w, stride * m.n_cols, x, n, acc)
 
