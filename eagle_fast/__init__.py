@@ -29,12 +29,13 @@ from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
+from .models import EagleDrafter
 from ._storage import WEIGHT_DTYPES
 
 __version__ = "0.1.0"
 __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "CheckpointError", "compare", "Comparison",
-           "WEIGHT_DTYPES",
+           "WEIGHT_DTYPES", "EagleDrafter",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 
