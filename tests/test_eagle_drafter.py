@@ -191,7 +191,8 @@ def assert_tree(tree, tokens, parents):
     assert tree.parents.tolist() == parents
 
 
-@pytest.mark.parametrize("top_k,depth,total", [(3, 3, 16), (2, 2, 5), (4, 1, 21), (1, 4, 6)])
+@pytest.mark.parametrize("top_k,depth,total", [(3, 3, 16), (2, 2, 5), (4, 1, 21), (1, 4, 6),
+                                               (6, 11, 40)])
 def test_eagle1_tree_matches_exhaustive_rebuild(top_k, depth, total):
     rng = np.random.default_rng(5 + top_k)
     w = eagle1_weights(rng, 1)
@@ -205,6 +206,8 @@ def test_eagle1_tree_matches_exhaustive_rebuild(top_k, depth, total):
     assert_tree(tree, ref_tokens, ref_parents)
     assert tree.num_nodes == total
     assert drafter.prefix_length == 6   # tree nodes are not kept
+    # (6, 11, 40): the tree's 66 cache rows outgrow the cache's first allocation
+    # mid-tree; the rows of earlier depths must survive the growth.
 
 
 def test_eagle3_tree_maps_through_d2t_and_matches_rebuild():

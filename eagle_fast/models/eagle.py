@@ -341,7 +341,7 @@ class _KVCache:
         for store in (self.k, self.v):
             for i, old in enumerate(store):
                 grown = np.zeros((new,) + self.shape, self.dtype)
-                grown[:self.length] = old[:self.length]
+                grown[:capacity] = old   # the prefix and any tree rows written so far
                 store[i] = grown
 
 
