@@ -49,8 +49,7 @@ from .. import _backend
 from .._checkpoint import CheckpointError
 from .._storage import LOW_PRECISION, StoredMatrix, decode_bfloat16, resolve_weight_dtype
 from .._validation import resolve_num_threads
-from ..speculative import DraftTree
-from ._tree import dynamic_tree
+from ..speculative import DraftTree, dynamic_tree
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -471,6 +470,11 @@ class EagleDrafter:
             used.add(key)
             return raw
 
+        def need(key: str) -> RawTensor:
+            raw = take(key)
+            assert raw is not None
+            return raw
+
         eagle3 = c.kind == "eagle3"
         attn_in = 2 * d if eagle3 else d
         # fc
@@ -495,8 +499,8 @@ class EagleDrafter:
         for index, prefix in enumerate(prefixes):
             a = prefix + "self_attn."
             m = prefix + "mlp."
-            parts = [(a + p + "_proj.weight", take(a + p + "_proj.weight")) for p in "qkv"]
-            qkv = self._matrix(prefix + "qkv", parts,  # type: ignore[arg-type]
+            parts = [(a + p + "_proj.weight", need(a + p + "_proj.weight")) for p in "qkv"]
+            qkv = self._matrix(prefix + "qkv", parts,
                                [(q_rows, attn_in), (kv_rows, attn_in), (kv_rows, attn_in)])
             biases = [take(a + p + "_proj.bias", required=c.qkv_bias) for p in "qkv"]
             if not c.qkv_bias and any(b is not None for b in biases):
@@ -507,16 +511,16 @@ class EagleDrafter:
                 qkv_bias = np.concatenate([
                     self._vector(a + p + "_proj.bias", b, n)
                     for p, b, n in zip("qkv", biases, (q_rows, kv_rows, kv_rows))])
-            o = self._matrix(prefix + "o_proj", [(a + "o_proj.weight", take(a + "o_proj.weight"))],
-                             [(d, q_rows)])  # type: ignore[list-item]
+            o = self._matrix(prefix + "o_proj", [(a + "o_proj.weight", need(a + "o_proj.weight"))],
+                             [(d, q_rows)])
             gate_up = self._matrix(
                 prefix + "gate_up",
-                [(m + "gate_proj.weight", take(m + "gate_proj.weight")),  # type: ignore[list-item]
-                 (m + "up_proj.weight", take(m + "up_proj.weight"))],
+                [(m + "gate_proj.weight", need(m + "gate_proj.weight")),
+                 (m + "up_proj.weight", need(m + "up_proj.weight"))],
                 [(inter, d), (inter, d)])
             down = self._matrix(prefix + "down_proj",
-                                [(m + "down_proj.weight", take(m + "down_proj.weight"))],
-                                [(d, inter)])  # type: ignore[list-item]
+                                [(m + "down_proj.weight", need(m + "down_proj.weight"))],
+                                [(d, inter)])
             post = self._vector(prefix + "post_attention_layernorm.weight",
                                 take(prefix + "post_attention_layernorm.weight"), d)
             input_norm = emb_norm = hidden_norm = None
