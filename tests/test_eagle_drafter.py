@@ -527,3 +527,53 @@ def test_corrupted_file_is_a_checkpoint_error(tmp_path):
 def test_exported():
     assert eagle_fast.EagleDrafter is EagleDrafter
     assert "EagleDrafter" in eagle_fast.__all__
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_cli_inspect_recognises_both_kinds(tmp_path, capsys):
+    from eagle_fast._cli import main
+
+    rng = np.random.default_rng(18)
+    folder = _write_eagle1(tmp_path, eagle1_weights(rng, 1), eagle1_config(1))
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "EAGLE-1/2 draft model" in out and "hidden_size=16" in out and "LM head" in out
+    e3 = tmp_path / "e3" / "model.safetensors"
+    e3.parent.mkdir()
+    write_raw(e3, file_tensors(eagle3_weights(rng), "BF16"))
+    (e3.parent / "config.json").write_text(json.dumps(eagle3_config()))
+    assert main(["inspect", str(e3)]) == 0
+    out = capsys.readouterr().out
+    assert "EAGLE-3 draft model" in out and f"draft vocabulary={DRAFT_VOCAB}" in out
+    assert "BF16" in out
+    assert main(["inspect", str(e3.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "eagle3"
+
+
+def test_cli_convert_bin_to_safetensors(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from eagle_fast._cli import main
+
+    rng = np.random.default_rng(19)
+    w = eagle3_weights(rng)
+    folder = tmp_path / "bin3"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(eagle3_config()))
+    state = {k: torch.tensor(v) for k, v in w.items()}
+    state["fc.weight"] = state["fc.weight"].to(torch.bfloat16)
+    torch.save(state, folder / "pytorch_model.bin")
+    assert main(["convert", str(folder)]) == 0
+    assert (folder / "model.safetensors").is_file()
+    from_bin = EagleDrafter.load(folder / "pytorch_model.bin", dtype=np.float64)
+    converted = EagleDrafter.load(folder / "model.safetensors", dtype=np.float64)
+    assert converted.weight_dtypes == from_bin.weight_dtypes
+    hidden, ids = sequence(rng, 5, 3 * D_TARGET)
+    t1 = from_bin.draft_tree(hidden, ids, top_k=2, depth=2, total_tokens=6)
+    t2 = converted.draft_tree(hidden, ids, top_k=2, depth=2, total_tokens=6)
+    assert t1 == t2
+    capsys.readouterr()
+    assert main(["inspect", str(folder / "model.safetensors"), "--json"]) == 0
+    assert "BF16" in json.loads(capsys.readouterr().out)["dtypes"]   # kept bit for bit
+    assert EagleDrafter.load(folder / "model.safetensors").weight_dtypes["fc"] == "bfloat16"

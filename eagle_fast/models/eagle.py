@@ -714,6 +714,16 @@ class EagleDrafter:
         self._cache.length = 0
         self._seen = np.zeros(0, dtype=np.int64)
 
+    def truncate(self, prefix_length: int) -> None:
+        """Keep only the first ``prefix_length`` cached positions (e.g. to
+        re-draft from an earlier point of the same sequence)."""
+        n = _positive_int(prefix_length, "prefix_length", 0)
+        if n > self._cache.length:
+            raise ValueError(f"prefix_length={n} exceeds the {self._cache.length} cached "
+                             "positions")
+        self._cache.length = n
+        self._seen = self._seen[:n].copy()
+
     def __repr__(self) -> str:
         c = self.config
         return (f"EagleDrafter(kind={c.kind!r}, hidden_size={c.hidden_size}, "
@@ -1018,4 +1028,134 @@ def _target_tensor(value: Any, what: str, names: tuple[str, ...]) -> Optional[Ra
         raise TypeError(f"{what}: {exc}") from None
 
 
-__all__ = ["EagleDrafter", "EagleConfig", "detect_kind", "read_torch_checkpoint"]
+
+
+# -- inspection and conversion -------------------------------------------------------
+
+
+_SERIALIZE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+              "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
+              "BOOL": "bool"}
+
+
+def _headers_of(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int]],
+                                     Optional[dict[str, Any]], str]:
+    """Tensor (dtype, shape, bytes) by name, the config (or None) and a
+    description of the files, from safetensors headers alone."""
+    from .. import _checkpoint
+
+    config = None
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            config = _read_config(path / "config.json")
+        files = _safetensors_files(path)
+        if files is None:
+            if (path / "pytorch_model.bin").is_file() or list(path.glob("*.bin")):
+                raise CheckpointError(f"{path}: a PyTorch (.bin) checkpoint; its tensors "
+                                      "cannot be listed without loading it: "
+                                      "`eagle-fast convert` writes it as safetensors")
+            raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    else:
+        files = [path]
+        sibling = path.parent / "config.json"
+        if sibling.is_file():
+            config = _read_config(sibling)
+    tensors: dict[str, tuple[str, tuple[int, ...], int]] = {}
+    for f in files:
+        header = _checkpoint.read_header(f)
+        for name, info in header.tensors.items():
+            tensors[name] = (info.dtype, info.shape, info.nbytes)
+    return tensors, config, ", ".join(str(f.name) for f in files)
+
+
+def inspect_eagle(path: PathLike) -> Optional[dict[str, Any]]:
+    """What an EAGLE checkpoint (folder or safetensors file) holds, from the
+    headers and config alone: ``kind``, the architecture, which tensors are
+    present (embedding, LM head, d2t), dtypes and bytes.  None when the
+    tensors are not an EAGLE layout."""
+    path = Path(path)
+    tensors, config, files = _headers_of(path)
+    try:
+        kind = detect_kind(tensors, config)
+    except ValueError:
+        return None
+    shapes = {n: s for n, (_, s, _) in tensors.items()}
+    fc = shapes.get("fc.weight", ())
+    prefix = "midlayer." if kind == "eagle3" else "layers.0."
+    q = shapes.get(prefix + "self_attn.q_proj.weight", ())
+    k = shapes.get(prefix + "self_attn.k_proj.weight", ())
+    gate = shapes.get(prefix + "mlp.gate_proj.weight", ())
+    layers = len({n.split(".")[1] for n in tensors if n.startswith("layers.")}) \
+        if kind == "eagle" else 1
+    info: dict[str, Any] = {
+        "path": str(path), "files": files, "kind": kind,
+        "hidden_size": fc[0] if fc else None,
+        "input_size": (fc[1] if kind == "eagle3" else (fc[0] if fc else None)) if fc else None,
+        "num_hidden_layers": layers,
+        "intermediate_size": gate[0] if gate else None,
+        "q_rows": q[0] if q else None, "kv_rows": k[0] if k else None,
+        "has_embed_tokens": "embed_tokens.weight" in tensors,
+        "has_lm_head": "lm_head.weight" in tensors,
+        "draft_vocab_size": shapes["lm_head.weight"][0] if "lm_head.weight" in shapes else None,
+        "has_d2t": "d2t" in tensors, "fc_bias": "fc.bias" in tensors,
+        "dtypes": sorted({d for d, _, _ in tensors.values()}),
+        "bytes": sum(b for _, _, b in tensors.values()),
+        "config": None, "config_error": None,
+    }
+    if config is not None:
+        try:
+            parsed = EagleConfig.from_dict(config, kind)
+            info["config"] = {k: getattr(parsed, k) for k in parsed.__dataclass_fields__}
+        except ValueError as exc:
+            info["config_error"] = str(exc)
+    return info
+
+
+def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None) -> Path:
+    """Write a PyTorch checkpoint (``pytorch_model.bin`` or a folder holding
+    it) as safetensors, every tensor bit for bit (BF16 stays BF16); the
+    default destination is ``model.safetensors`` beside it.  Needs torch and
+    safetensors.  Returns the written path."""
+    from .. import _checkpoint
+
+    source = Path(source)
+    if source.is_dir():
+        bins = [source / "pytorch_model.bin"] if (source / "pytorch_model.bin").is_file() \
+            else sorted(source.glob("*.bin"))
+        if not bins:
+            raise CheckpointError(f"{source}: no pytorch_model.bin to convert")
+    elif source.is_file():
+        bins = [source]
+    else:
+        raise CheckpointError(f"{source}: no such file or folder")
+    raw: dict[str, RawTensor] = {}
+    for b in bins:
+        raw.update(read_torch_checkpoint(b))
+    target = Path(destination) if destination is not None else bins[0].parent / \
+        "model.safetensors"
+    safetensors = _checkpoint._safetensors()
+    keep, specs = [], {}
+    for name, tensor in raw.items():
+        array = np.ascontiguousarray(tensor.values,
+                                     dtype=tensor.values.dtype.newbyteorder("<"))
+        keep.append(array)
+        if hasattr(safetensors, "TensorSpec"):
+            specs[name] = safetensors.TensorSpec(dtype=_SERIALIZE[tensor.file_dtype],
+                                                 shape=array.shape, data_ptr=array.ctypes.data,
+                                                 data_len=array.nbytes)
+        else:
+            specs[name] = {"dtype": _SERIALIZE[tensor.file_dtype], "shape": list(array.shape),
+                           "data": array.tobytes()}
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        safetensors.serialize_file(specs, str(temporary), metadata={"format": "pt"})
+        os.replace(temporary, target)
+    except BaseException:
+        if temporary.exists():
+            temporary.unlink()
+        raise
+    return target
+
+
+__all__ = ["EagleDrafter", "EagleConfig", "detect_kind", "read_torch_checkpoint",
+           "inspect_eagle", "convert_checkpoint"]
