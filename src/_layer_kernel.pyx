@@ -83,6 +83,11 @@ cdef extern from "_dot_kernels.h" nogil:
                        Py_ssize_t n, float* acc0, float* acc1, float* acc2)
 
 
+cdef extern from "_layer_helpers.h" nogil:
+    void ef_axpy_f32(float* out, const float* v, float w, Py_ssize_t n)
+    void ef_axpy_f64(double* out, const double* v, double w, Py_ssize_t n)
+
+
 cdef enum:
     LANES = 8
     COL_BLOCK = 1024
@@ -387,16 +392,23 @@ cdef void attend_one(const floating* q, const floating* k, const floating* v,
     """One query head over the visible cache rows (k, v at the kv head,
     row stride kv_stride)."""
     cdef Py_ssize_t t, j, total = n_stable + n_extra
+    cdef Py_ssize_t n_vec = head_dim - head_dim % LANES
     cdef floating scale = <floating> (1.0 / sqrt(<double> head_dim))
     cdef floating m = -INFINITY, dot, w
+    cdef floating lanes[LANES]
     cdef double denom = 0
     for t in range(total):
         if t >= n_stable and not mask[t - n_stable]:
             scores[t] = -INFINITY
             continue
-        dot = 0
-        for j in range(head_dim):
-            dot = dot + q[j] * k[t * kv_stride + j]
+        # q . k_t with the SIMD lanes of _dot_kernels.h
+        memset(lanes, 0, LANES * sizeof(floating))
+        if floating is float:
+            ef_acc_1x1_f32(k + t * kv_stride, q, n_vec, lanes)
+            dot = ef_finish_f32(lanes, k + t * kv_stride, q, n_vec, head_dim)
+        else:
+            ef_acc_1x1_f64(k + t * kv_stride, q, n_vec, lanes)
+            dot = ef_finish_f64(lanes, k + t * kv_stride, q, n_vec, head_dim)
         dot = dot * scale
         scores[t] = dot
         if dot > m:
@@ -408,8 +420,10 @@ cdef void attend_one(const floating* q, const floating* k, const floating* v,
             continue
         w = <floating> exp(scores[t] - m)
         denom += w
-        for j in range(head_dim):
-            out[j] = out[j] + w * v[t * kv_stride + j]
+        if floating is float:
+            ef_axpy_f32(out, v + t * kv_stride, w, head_dim)
+        else:
+            ef_axpy_f64(out, v + t * kv_stride, w, head_dim)
     for j in range(head_dim):
         out[j] = <floating> (out[j] / denom)
 
