@@ -577,3 +577,19 @@ def test_cli_convert_bin_to_safetensors(tmp_path, capsys):
     assert main(["inspect", str(folder / "model.safetensors"), "--json"]) == 0
     assert "BF16" in json.loads(capsys.readouterr().out)["dtypes"]   # kept bit for bit
     assert EagleDrafter.load(folder / "model.safetensors").weight_dtypes["fc"] == "bfloat16"
+
+
+def test_eagle3_full_vocabulary_and_torch_inputs():
+    rng = np.random.default_rng(20)
+    w = eagle3_weights(rng, draft_vocab=VOCAB)
+    config = eagle3_config(draft_vocab=VOCAB)
+    drafter = EagleDrafter.from_state_dict(w, config, dtype=np.float64)
+    assert drafter.d2t is None          # a full draft vocabulary is not mapped (as EAGLE)
+    hidden, ids = sequence(rng, 6, 3 * D_TARGET)
+    tree = drafter.draft_tree(hidden, ids, top_k=3, depth=2, total_tokens=9)
+    assert_tree(tree, *reference_for(w, config).tree(hidden, list(ids), 3, 2, 9))
+    torch = pytest.importorskip("torch")
+    again = EagleDrafter.from_state_dict({k: torch.tensor(v) for k, v in w.items()}, config,
+                                         dtype=np.float64)
+    assert again.draft_tree(torch.tensor(hidden)[None], torch.tensor(ids)[None], top_k=3,
+                            depth=2, total_tokens=9) == tree

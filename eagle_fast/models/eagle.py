@@ -559,8 +559,11 @@ class EagleDrafter:
                                          [(c.draft_vocab_size, d)])
             d2t = take("d2t", required=False)
             t2d = take("t2d", required=False)
-            if c.draft_vocab_size != c.vocab_size or d2t is not None:
+            if c.draft_vocab_size != c.vocab_size:
                 self.d2t = self._check_d2t(d2t, t2d)
+            elif d2t is not None:
+                # As EAGLE: with a full draft vocabulary, d2t is not applied.
+                self._check_d2t(d2t, t2d)
         else:
             if lm_head is None:
                 raise self._error("an EAGLE-1/2 drafter needs the target's LM head: pass "
@@ -808,6 +811,10 @@ class EagleDrafter:
     # -- drafting ---------------------------------------------------------------------
 
     def _check_inputs(self, hidden_states: Any, input_ids: Any) -> tuple[np.ndarray, np.ndarray]:
+        if hasattr(input_ids, "detach"):      # torch tensors
+            input_ids = input_ids.detach().cpu().numpy()
+        if hasattr(hidden_states, "detach"):
+            hidden_states = hidden_states.detach().cpu().float().numpy()
         ids = np.asarray(input_ids)
         if ids.ndim == 2 and ids.shape[0] == 1:
             ids = ids[0]
