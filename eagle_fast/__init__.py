@@ -16,6 +16,9 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
   :class:`CheckpointError`.
 * :func:`eagle_draft_from_hidden` -- the reference function whose semantics
   the package follows (the README's "reference function"), bit-exact.
+* :mod:`eagle_fast.speculative` -- speculative decoding: :class:`DraftTree`,
+  static Medusa trees (:class:`TreeTemplate`, ``MedusaHeads.draft_tree``) and
+  EAGLE-2 dynamic trees (:func:`dynamic_tree`).
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
   Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback;
@@ -32,12 +35,14 @@ from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
+from .models import EagleDrafter
 from ._storage import WEIGHT_DTYPES
+from .speculative import DraftTree, TreeTemplate, dynamic_tree
 
 __version__ = "0.1.0"
 __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "CheckpointError", "compare", "Comparison",
-           "WEIGHT_DTYPES",
+           "WEIGHT_DTYPES", "DraftTree", "TreeTemplate", "dynamic_tree", "EagleDrafter",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 

@@ -8,12 +8,16 @@ GIL-free kernel call.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from ._head import PARALLEL_MIN_WEIGHT_BYTES, STREAMING_TOP_K_MAX, DraftHead, DraftResult
 from ._validation import check_temperature, check_top_k, resolve_num_threads
+
+if TYPE_CHECKING:
+    from .speculative.medusa_tree import TreeTemplate
+    from .speculative.tree import DraftTree
 
 
 class MedusaHeads:
@@ -126,3 +130,47 @@ class MedusaHeads:
             tokens = np.ascontiguousarray(tokens.transpose(1, 0, 2))
             token_probs = np.ascontiguousarray(token_probs.transpose(1, 0, 2))
         return DraftResult(tokens, token_probs)
+
+    def draft_tree(self, hidden: Any, root_token: int,
+                   choices_or_template: Union["TreeTemplate", str, Sequence[Sequence[int]]],
+                   *, temperature: float = 1.0, num_threads: Optional[int] = None
+                   ) -> "DraftTree":
+        """The Medusa draft tree for one hidden state.
+
+        Runs every head once (one kernel call, ``top_k`` = the template's
+        ``top_k``) and fills the template (:class:`TreeTemplate`, or Medusa
+        choices / a shipped tree's name, made into one with ``top_k=10``) with
+        the ranked tokens: node ``(c0, ..., c_{d-1})`` gets head ``d - 1``'s
+        ``c_{d-1}``-th token (Medusa's ``tree_candidates``; ``root_token`` is
+        node 0). ``scores`` are the sums of the chosen tokens' log-probs
+        (softmax of ``logits / temperature``) along each path, root 0. A tree
+        deeper than the number of heads is a ValueError.
+        """
+        from .speculative.medusa_tree import TreeTemplate
+
+        if isinstance(choices_or_template, TreeTemplate):
+            template = choices_or_template
+        else:
+            template = TreeTemplate.from_medusa_choices(choices_or_template)
+        if template.max_depth > self.num_heads:
+            raise ValueError(f"the tree is {template.max_depth} deep but there are only "
+                             f"{self.num_heads} Medusa heads (one per depth)")
+        hidden_array = np.asarray(hidden)
+        if hidden_array.ndim != 1:
+            raise ValueError(f"hidden must have shape (d_model,) = ({self.d_model},) for "
+                             f"draft_tree, got shape {hidden_array.shape}")
+        result = self.predict(hidden_array, temperature=temperature, top_k=template.top_k,
+                              num_threads=num_threads)
+        with np.errstate(divide="ignore"):
+            logprobs = np.log(result.token_probs.astype(np.float64))
+        underflow = np.flatnonzero((result.token_probs == 0).any(axis=1))
+        for h in underflow:  # a probability below the dtype's range: exact log-softmax
+            full = self._heads[h].predict(hidden_array, temperature=temperature,
+                                          top_k=template.top_k, return_logits=True,
+                                          num_threads=num_threads)
+            assert full.logits is not None
+            logits = full.logits.astype(np.float64)
+            top = logits.max()
+            lse = top + np.log(np.exp(logits - top).sum())
+            logprobs[h] = logits[result.tokens[h]] - lse
+        return template.build(root_token, result.tokens, logprobs)

@@ -90,9 +90,12 @@ class DraftTree:
         if tokens.size and int(tokens.min()) < 0:
             i = int(np.argmin(tokens))
             raise ValueError(f"tokens[{i}] = {tokens[i]} is negative")
-        depths = np.zeros(n, dtype=np.int64)
-        for i in range(1, n):  # parents[i] < i, so its depth is already known
-            depths[i] = depths[parents[i]] + 1
+        # parents[i] < i, so its depth is already known (a list: no NumPy
+        # scalar per node)
+        depth_list = [0] * n
+        for i, parent in enumerate(parents.tolist()[1:], start=1):
+            depth_list[i] = depth_list[parent] + 1
+        depths = np.array(depth_list, dtype=np.int64)
         self._tokens = _readonly(tokens)
         self._parents = _readonly(parents)
         self._depths = _readonly(depths)
