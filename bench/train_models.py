@@ -148,19 +148,19 @@ class FeatureConfig:
 @dataclass(frozen=True)
 class MedusaConfig:
     num_heads: int = 4
-    batch_size: int = 4
-    lr: float = 1e-3
+    batch_size: int = 2
+    lr: float = 3e-3
     decay: float = 0.8
     warmup_steps: int = 20
-    seconds: float = 75.0
+    seconds: float = 90.0
     max_steps: Optional[int] = None
     seed: int = 2
 
 
 @dataclass(frozen=True)
 class EagleConfig:
-    batch_size: int = 4
-    lr: float = 1e-3
+    batch_size: int = 2
+    lr: float = 2e-3
     v_w: float = 1.0
     p_w: float = 0.1
     noise_std: float = 0.2
@@ -191,8 +191,8 @@ PRESETS: dict[str, TrainConfig] = {
                      num_kv_heads=2, context=128, max_position_embeddings=256, batch_size=8,
                      lr=3e-3, warmup_steps=20, seconds=40.0, eval_sequences=32),
         FeatureConfig(train_sequences=128, eval_sequences=24),
-        MedusaConfig(num_heads=3, batch_size=8, seconds=12.0, warmup_steps=10),
-        EagleConfig(batch_size=8, lr=2e-3, seconds=20.0, warmup_steps=10),
+        MedusaConfig(num_heads=3, batch_size=4, seconds=15.0, warmup_steps=10),
+        EagleConfig(batch_size=4, seconds=20.0, warmup_steps=10),
     ),
 }
 
@@ -964,7 +964,8 @@ def _version(module: str) -> str:
         return "unknown"
 
 
-def heldout_prompts(artifacts: Artifacts, count: int, length: int, seed: int = 0) -> list[np.ndarray]:
+def heldout_prompts(artifacts: Artifacts, count: int, length: int,
+                    seed: int = 0) -> list[np.ndarray]:
     """``count`` windows of ``length`` held-out tokens, each inside one file
     (no EOS), chosen at random (fixed seed) without overlap where possible."""
     stream = np.load(artifacts.heldout_tokens)

@@ -194,3 +194,17 @@ def test_eagle_drafter_runs_as_the_training_model(trained):
         np.testing.assert_allclose(out, expected[j], rtol=1e-9, atol=1e-9)
     full = expected[-1] @ lm_head.double().numpy().T
     np.testing.assert_allclose(logprobs, full - np.logaddexp.reduce(full), atol=1e-9)
+
+
+def test_heldout_prompts_stay_inside_one_file(trained):
+    stream = np.load(trained.heldout_tokens)
+    prompts = tm.heldout_prompts(trained, 5, 16, seed=3)
+    assert prompts == [] or len(prompts) == 5
+    for p in prompts:
+        assert p.shape == (16,) and trained.eos_token_id not in p
+        # p occurs in the stream (found by brute force)
+        assert any(np.array_equal(stream[s:s + 16], p) for s in range(len(stream) - 15))
+    again = tm.heldout_prompts(trained, 5, 16, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(prompts, again))
+    with pytest.raises(ValueError, match="no held-out window"):
+        tm.heldout_prompts(trained, 1, len(stream) + 1)
