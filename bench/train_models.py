@@ -82,7 +82,17 @@ CPU count): on a busy 2-core machine two PyTorch threads were measured 6x
 slower than one, the OpenMP threads waiting for each other.
 
 ``bench_generate.py`` uses :func:`prepare` (returns an :class:`Artifacts`
-with the paths and the manifest) and :func:`heldout_prompts`.
+with the paths and the manifest) and :func:`heldout_prompts`::
+
+    art = prepare("quick")                       # or "full"; cached
+    target = AutoModelForCausalLM.from_pretrained(art.target_dir)
+    tokenizer = AutoTokenizer.from_pretrained(art.target_dir)
+    medusa = eagle_fast.load_medusa(art.medusa_path)
+    eagle = eagle_fast.EagleDrafter.load(art.eagle_dir, lm_head=art.target_dir)
+    prompts = heldout_prompts(art, 8, 64)        # int64 token arrays, one file each
+
+Positions: the target was trained on windows of ``art.config.target.context``
+tokens; keep prompt + generated tokens within it.
 """
 
 from __future__ import annotations
