@@ -275,6 +275,9 @@ class _Stage:
 
     def build(self, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         """Run ``make(tmp_folder)`` -> results, then move the folder in place."""
+        for stale in self.folder.parent.glob(f"{self.folder.name}.tmp-*"):
+            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = self.folder.with_name(f"{self.folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -288,6 +291,18 @@ class _Stage:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return info
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:
+        return False
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _log(progress: bool, message: str) -> None:
