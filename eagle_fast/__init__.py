@@ -15,6 +15,9 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
   bad files raise :class:`CheckpointError`.
 * :func:`eagle_draft_from_hidden` -- the reference function whose semantics
   the package follows (the README's "reference function"), bit-exact.
+* :class:`EagleDrafter` -- EAGLE-1/2 and EAGLE-3 draft models (safetensors or
+  ``.bin`` checkpoints in the published layouts) with their own draft KV
+  cache, drafting EAGLE-2 dynamic trees as EAGLE's ``topK_genrate``.
 * :mod:`eagle_fast.speculative` -- speculative decoding: :class:`DraftTree`,
   static Medusa trees (:class:`TreeTemplate`, ``MedusaHeads.draft_tree``) and
   EAGLE-2 dynamic trees (:func:`dynamic_tree`); verification
@@ -40,6 +43,7 @@ from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
+from .models import EagleDrafter
 from ._storage import WEIGHT_DTYPES
 from .speculative import (
     AcceptanceStats,
@@ -65,6 +69,7 @@ __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "Verification", "verify_greedy", "verify_sampling", "verify_chain",
            "verify_typical", "AcceptanceStats",
            "generate", "GenerationResult", "Target", "TargetOutput", "Drafter",
+           "EagleDrafter",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 
