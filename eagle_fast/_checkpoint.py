@@ -57,7 +57,14 @@ from ._head import DraftHead
 from ._medusa import MedusaHeads
 from ._safetensors import (CheckpointError, Header, SafetensorsFile, read_header, shown,
                            write_safetensors)
-from ._storage import GROUPED, GROUP_SIZE, WEIGHT_DTYPES, decode_bfloat16, n_groups, resolve_weight_dtype
+from ._storage import (
+    GROUP_SIZE,
+    GROUPED,
+    WEIGHT_DTYPES,
+    decode_bfloat16,
+    n_groups,
+    resolve_weight_dtype,
+)
 from ._validation import MAX_VOCAB_SIZE
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -243,6 +243,8 @@ static inline float ef_scalar_i8(signed char q)
  *   ef_sload_<w>(row, j)           column j
  *   ef_pf_<w>(row, j)              prefetch ahead of column j */
 #define EF_GROUP 32
+/* Fully unrolled short loops keep their accumulators in registers. */
+#define EF_UNROLL8 _Pragma("GCC unroll 8")
 
 typedef struct { const signed char* q; const unsigned short* d; } ef_q8_row;
 typedef struct { const unsigned char* q; const unsigned short* d; } ef_q4_row;
@@ -357,6 +359,7 @@ static inline void ef_acc_1x1_##suffix(R row, const T* x, ptrdiff_t n, T* acc)  
     ptrdiff_t j = 0;                                                              \
     for (; j + G <= n; j += G) {                                                  \
         ef_gload_##suffix(row, j, w);                                             \
+        EF_UNROLL8                                                                \
         for (int k = 0; k < K; k++) a += w[k] * EF_LOAD(V, x + j + EF_LANES * k); \
     }                                                                             \
     for (; j < n; j += EF_LANES)                                                  \
@@ -422,6 +425,7 @@ static inline void ef_acc_3x4_##suffix(R r0, R r1, R r2,                        
         if (EF_PREFETCH_ROWS_##suffix) {                                          \
             ef_pf_##suffix(r0, j); ef_pf_##suffix(r1, j); ef_pf_##suffix(r2, j);  \
         }                                                                         \
+        EF_UNROLL8                                                                \
         for (int k = 0; k < kk; k++) {                                            \
             V v;                                                                  \
             jj = j + EF_LANES * k;                                                \
@@ -476,13 +480,16 @@ static inline void ef_acc_8x1r_##suffix(const R* rows, const float* x,          
     ef_f32x8 a[8], w[K];                                                          \
     ptrdiff_t j = 0;                                                              \
     for (int u = 0; u < 8; u++) a[u] = EF_LOAD(ef_f32x8, acc + 8 * u);            \
-    for (; j + G <= n; j += G)                                                    \
+    for (; j + G <= n; j += G) {                                                  \
+        EF_UNROLL8                                                                \
         for (int u = 0; u < 8; u++) {                                             \
             ef_pf_##suffix(rows[u], j);                                           \
             ef_gload_##suffix(rows[u], j, w);                                     \
+            EF_UNROLL8                                                            \
             for (int k = 0; k < K; k++)                                           \
                 a[u] += w[k] * EF_LOAD(ef_f32x8, x + j + EF_LANES * k);           \
         }                                                                         \
+    }                                                                             \
     for (; j < n; j += EF_LANES)                                                  \
         for (int u = 0; u < 8; u++)                                               \
             a[u] += ef_vload_##suffix(rows[u], j) * EF_LOAD(ef_f32x8, x + j);     \
