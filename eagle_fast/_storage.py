@@ -6,11 +6,26 @@
 * ``"int8"``: symmetric per output row, ``w[r, j] ~ q[r, j] * scale[r]`` with
   ``scale[r] = max_j |w[r, j]| / 127`` in float32 and ``q = round(w / scale)``;
   an all-zero row gets ``q = 0`` and ``scale = 0``.
+* ``"q8"`` (llama.cpp's Q8_0): each row in groups of GROUP_SIZE = 32 columns
+  (the last one shorter when d is not a multiple of 32), one float16 scale
+  per group, ``scale = fp16(max |w| / 127)`` (the quotient in float64, then
+  rounded to nearest even float16), ``q = clip(round(w / scale), -127, 127)``
+  (half to even); int8 codes (rows, d), scales (rows, ceil(d / 32)).
+* ``"q4"`` (llama.cpp's Q4_0, symmetric): ``scale = fp16(m / -8)`` with ``m``
+  the group's value of largest magnitude (the first, on ties), ``code =
+  clip(round(w / scale) + 8, 0, 15)``, weight ``(code - 8) * scale``; two codes
+  per byte -- byte i of a group holds column i in its low nibble and column
+  i + 16 in its high one -- so codes are uint8 (rows, 16 * ceil(d / 32)), the
+  last group padded with code 8 (weight 0).
+  A q8/q4 group whose scale is 0 (all zeros, or below float16's range) stores
+  weight 0; codes have at most 8 significant bits and scales 11, so every
+  dequantized weight ``q * scale`` is exact in float32.
 
 Every stored value converts exactly to float32, and low-precision heads
 compute in float32: the kernels use exactly the dequantized weights (int8
 rows apply their scale to the finished dot product ``q . x``, and fall back
-to the dequantized row where that sum would overflow float32).
+to the dequantized row where that sum would overflow float32; q8/q4 groups
+are dequantized in registers, ``q * scale``, before the multiply-add).
 """
 
 from __future__ import annotations

@@ -272,3 +272,21 @@ def test_medusa_heads_and_compare(weight_dtype):
     report = eagle_fast.compare(same, head, hidden, top_k=3)
     assert report.top1_agreement == 1.0 and report.topk_overlap == 1.0
     assert report.mean_kl == 0.0
+
+
+@pytest.mark.parametrize("weight_dtype", GROUPED)
+def test_large_weights_stay_finite_where_the_float32_computation_is(weight_dtype):
+    """Scales near float16's top and logits near float32's: a q8/q4 head is
+    the float32 computation on its dequantized weights, so it overflows
+    exactly where that computation does (here: nowhere), with no pre-scale
+    sum to overflow first."""
+    rng = np.random.default_rng(209)
+    top = 127 * 60000.0 if weight_dtype == "q8" else 8 * 60000.0
+    L = rng.uniform(-1, 1, (50, 40)) * top
+    W = np.eye(40, 33)
+    head = DraftHead(W, np.full(40, 1e30), L, weight_dtype=weight_dtype)
+    same = DraftHead(head.projection_weight, head.projection_bias, head.lm_head_weight)
+    hidden = rng.standard_normal((3, 33)).astype(np.float32)
+    got = full(head, hidden, top_k=2, temperature=0.0)
+    assert np.isfinite(got.logits).all() and np.abs(got.logits).max() > 1e35
+    assert_same_results(got, full(same, hidden, top_k=2, temperature=0.0))
