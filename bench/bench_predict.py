@@ -21,8 +21,12 @@ with the "flat" random weights (below; fixed seed) at each size
   contenders of the same round-robin, so their ratios come from one run;
 * NumPy written by hand, as a user would;
 * PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
-* at tiny sizes and B = 1: the specification's plain-Python loops, and
-  ``eagle_fast.eagle_draft_from_hidden`` on lists;
+* at sizes up to 256x128x1000 and B = 1, the specification's function:
+  its reference (plain-Python loops on lists, outputs rounded, as the spec
+  writes it; ``spec_reference`` below), and ``eagle_fast.eagle_draft_from_hidden``
+  -- compiled on nested lists and on float64 arrays, and the Python fallback
+  on lists -- each with its speed-up over the reference (``vs reference``,
+  printed under the table; ``ratio_spec_reference`` in the JSON);
 * read probes: eagle_fast's compiled ``read_probe`` sums every weight byte
   once, on 1 thread and on all threads, 8 concurrent streams per thread.
   The faster one is the reference bandwidth: at batch 1 a draft head is
@@ -137,7 +141,7 @@ TEMPERATURE = 1.0
 FAST_CALL_S = 100e-6          # calls faster than this are timed in an inner loop
 REPEAT_TARGET_S = 5e-3        # ... of about this long per repeat
 OPTIONAL_MAX_CALL_S = 2.0     # skip an optional contender slower than this per call
-SPEC_LOOPS_MAX_WEIGHTS = 10_000  # plain-Python loops only at sizes this small (B = 1)
+SPEC_LOOPS_MAX_WEIGHTS = 200_000  # the spec's reference only up to this size (B = 1)
 PROBE_MIN_BYTES = 1 << 20     # no read probe for heads that fit in cache
 DEFAULT_REPEATS = 9
 QUICK_REPEATS = 7
@@ -157,6 +161,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 NUMPY = "numpy"
 TORCH = "torch"
+SPEC_REFERENCE = "spec reference (pure Python)"
 PYTHON_FALLBACK = "eagle_fast python"
 
 
@@ -179,13 +184,14 @@ class Size:
 SIZES = {
     size.name: size for size in (
         Size("tiny", 16, 8, 50),
+        Size("small", 256, 128, 1000),
         Size("4k-1k-32k", 4096, 1024, 32000),
         Size("4k-4k-32k", 4096, 4096, 32000),
         Size("4k-4k-128k", 4096, 4096, 128256),
     )
 }
 DEFAULT_SIZES = list(SIZES)
-QUICK_SIZES = ["tiny", "4k-4k-32k"]
+QUICK_SIZES = ["tiny", "small", "4k-4k-32k"]
 DEFAULT_BATCHES = [1, 4, 16, 64]
 QUICK_BATCHES = [1, 4]
 
@@ -214,6 +220,7 @@ class Measurement:
     ratio_numpy: Optional[float] = None
     ratio_torch: Optional[float] = None
     ratio_eagle_fast: Optional[float] = None   # vs eagle_fast, weights in the compute dtype
+    ratio_spec_reference: Optional[float] = None   # spec function rows: vs the reference
     check: str = ""             # token check vs NumPy's logits ("" for probes)
     note: str = ""              # why it was skipped
 
@@ -479,27 +486,57 @@ def numpy_forward(hidden: np.ndarray, weight: np.ndarray, bias: np.ndarray,
     return logits, probs
 
 
-def spec_python_loops(hidden: list[float], weight: list[list[float]], bias: list[float],
-                      lm_head: list[list[float]], temperature: float) -> int:
-    """The specification's computation as plain-Python loops on lists;
-    returns the predicted token (first index of the largest probability)."""
-    x = []
-    for row, b in zip(weight, bias):
-        acc = b
-        for w, h in zip(row, hidden):
-            acc += w * h
-        x.append(acc / (1 + math.exp(-acc)))
+def spec_reference(hidden: list[float], weight: list[list[float]], bias: list[float],
+                   lm_head: list[list[float]], temperature: float) -> dict:
+    """The specification's function as it writes it: plain-Python loops on
+    lists (each dot product one left-to-right sum from the bias or 0.0, SiLU
+    with the |v| >= 500 cut-off, logits divided by T > 0, softmax with the
+    built-in sum, first index of the largest probability), outputs rounded
+    to 4 / 6 places -- what eagle_draft_from_hidden replaces, bit for bit."""
+    projected = []
+    for i in range(len(weight)):
+        value = bias[i]
+        for j in range(len(hidden)):
+            value += weight[i][j] * hidden[j]
+        sigmoid = 1.0 / (1.0 + math.exp(-value)) if abs(value) < 500 else (
+            1.0 if value > 0 else 0.0)
+        projected.append(value * sigmoid)
     logits = []
-    for row in lm_head:
-        acc = 0.0
-        for w, v in zip(row, x):
-            acc += w * v
-        logits.append(acc / temperature if temperature > 0 else acc)
+    for v in range(len(lm_head)):
+        value = 0.0
+        for j in range(len(projected)):
+            value += lm_head[v][j] * projected[j]
+        logits.append(value)
+    if temperature > 0:
+        logits = [value / temperature for value in logits]
     top = max(logits)
-    exps = [math.exp(v - top) for v in logits]
+    exps = [math.exp(value - top) for value in logits]
     total = sum(exps)
     probs = [e / total for e in exps]
-    return probs.index(max(probs))
+    best = max(range(len(probs)), key=lambda v: probs[v])
+    return {"logits": [round(value, 4) for value in logits],
+            "probs": [round(p, 6) for p in probs],
+            "predicted_token": best, "confidence": round(probs[best], 6)}
+
+
+def spec_call(backend: _backend.Backend, args: Sequence[Any]) -> int:
+    """One timed eagle_draft_from_hidden call on ``backend``: the predicted token."""
+    previous = _backend._active
+    _backend._active = backend
+    try:
+        return eagle_fast.eagle_draft_from_hidden(*args, TEMPERATURE)["predicted_token"]
+    finally:
+        _backend._active = previous
+
+
+def spec_function_on(backend: str, *args: Any) -> dict:
+    """eagle_draft_from_hidden on ``backend`` (the active one is restored)."""
+    previous = _backend.active()
+    _backend._active = _backend.load(backend)
+    try:
+        return eagle_fast.eagle_draft_from_hidden(*args)
+    finally:
+        _backend._active = previous
 
 
 def head_on(backend: str, simd_level: Optional[str], weights: Sequence[np.ndarray],
@@ -588,13 +625,27 @@ def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
         skipped.append(Measurement(TORCH, note="torch not importable"))
     if batch == 1 and size.n_weights <= SPEC_LOOPS_MAX_WEIGHTS:
         lists = [hidden.tolist()] + [a.tolist() for a in weights]
+        arrays = [np.asarray(a, dtype=np.float64) for a in [hidden, *weights]]
+        want = spec_reference(*lists, TEMPERATURE)
         contenders.append(Contender(
-            "spec loops (pure Python)", lambda: spec_python_loops(*lists, TEMPERATURE),
+            SPEC_REFERENCE, lambda: spec_reference(*lists, TEMPERATURE)["predicted_token"],
             weight_dtype="list", weight_bytes=weight_bytes))
-        contenders.append(Contender(
-            "eagle_draft_from_hidden (lists)",
-            lambda: eagle_fast.eagle_draft_from_hidden(*lists, TEMPERATURE)["predicted_token"],
-            weight_dtype="list", weight_bytes=weight_bytes))
+        backends = (["compiled"] if _backend.compiled_available() else []) + ["python"]
+        for backend in backends:
+            spec = _backend.load(backend)
+            label = "" if backend == "compiled" else " python"
+            for form, args in (("lists", lists), ("arrays", arrays)):
+                if backend == "python" and form == "arrays":
+                    continue
+                got = spec_function_on(backend, *args, TEMPERATURE)
+                if got != want:
+                    print(f"  WARNING: eagle_draft_from_hidden{label} ({form}) differs from "
+                          "the spec's reference")
+                contenders.append(Contender(
+                    f"eagle_draft_from_hidden{label} ({form})",
+                    lambda spec=spec, args=args: spec_call(spec, args), optional=True,
+                    weight_dtype="list" if form == "lists" else "float64",
+                    weight_bytes=weight_bytes))
     # Tiny heads sit in cache: a probe there would only time call overhead.
     if _backend.compiled_available() and size.n_weights * 4 >= PROBE_MIN_BYTES:
         contenders.append(read_probe(weights, 1))
@@ -684,7 +735,11 @@ def summarize(measurements: list[Measurement], reference: Optional[str]) -> Opti
     numpy_s = timed[NUMPY].median_s if NUMPY in timed else None
     torch_s = timed[TORCH].median_s if TORCH in timed else None
     ref_s = timed[reference].median_s if reference in timed else None
+    spec_s = timed[SPEC_REFERENCE].median_s if SPEC_REFERENCE in timed else None
     for m in timed.values():
+        if spec_s is not None and (m.name == SPEC_REFERENCE
+                                   or m.name.startswith("eagle_draft_from_hidden")):
+            m.ratio_spec_reference = spec_s / m.median_s
         if probe_gbps and m.gbps is not None:
             m.pct_probe = 100 * m.gbps / probe_gbps
         if numpy_s is not None:
@@ -714,6 +769,9 @@ def print_case(case: CaseResult) -> None:
               f"{format_optional(m.ratio_numpy, '8.2f', 'x'):>9s} "
               f"{format_optional(m.ratio_torch, '8.2f', 'x'):>9s} "
               f"{format_optional(m.ratio_eagle_fast, '7.2f', 'x'):>8s}  {m.check}")
+    for m in case.measurements:
+        if m.ratio_spec_reference is not None and m.name != SPEC_REFERENCE:
+            print(f"  {m.name} vs the spec's reference: {m.ratio_spec_reference:.1f}x")
     for m in case.measurements:
         if m.check.startswith("MISMATCH"):
             print(f"  WARNING: {m.name} predicted tokens differ from NumPy's argmax "

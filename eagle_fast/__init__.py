@@ -17,7 +17,13 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
   the package follows (the README's "reference function"), bit-exact.
 * :mod:`eagle_fast.speculative` -- speculative decoding: :class:`DraftTree`,
   static Medusa trees (:class:`TreeTemplate`, ``MedusaHeads.draft_tree``) and
-  EAGLE-2 dynamic trees (:func:`dynamic_tree`).
+  EAGLE-2 dynamic trees (:func:`dynamic_tree`); verification
+  (:func:`verify_greedy`, lossless :func:`verify_sampling`,
+  :func:`verify_chain`, :func:`verify_typical` -> :class:`Verification`) and
+  :class:`AcceptanceStats` (tau, per-depth acceptance rates); the loop
+  :func:`generate` over a :class:`Target` (``eagle_fast.integrations.
+  transformers.TransformersTarget`` wraps a transformers model) and a
+  :class:`Drafter`.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
   Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback;
@@ -35,12 +41,30 @@ from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
 from ._storage import WEIGHT_DTYPES
-from .speculative import DraftTree, TreeTemplate, dynamic_tree
+from .speculative import (
+    AcceptanceStats,
+    Drafter,
+    DraftTree,
+    GenerationResult,
+    Target,
+    TargetOutput,
+    TreeTemplate,
+    Verification,
+    dynamic_tree,
+    generate,
+    verify_chain,
+    verify_greedy,
+    verify_sampling,
+    verify_typical,
+)
 
 __version__ = "0.1.0"
 __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "CheckpointError", "compare", "Comparison",
            "WEIGHT_DTYPES", "DraftTree", "TreeTemplate", "dynamic_tree",
+           "Verification", "verify_greedy", "verify_sampling", "verify_chain",
+           "verify_typical", "AcceptanceStats",
+           "generate", "GenerationResult", "Target", "TargetOutput", "Drafter",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 

@@ -8,7 +8,8 @@ built or EAGLE_FAST_BACKEND=python.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -27,19 +28,44 @@ def max_threads() -> int:
     return 1
 
 
-def matvec(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
-    """``matrix @ vector`` with every row reduced by the same loop, so equal
-    rows give equal results, which keeps ties between tokens exact.  BLAS gemv
-    blocks rows and does not guarantee that; NumPy's own einsum loop does
-    (the test suite checks it on rows of every alignment)."""
-    return np.einsum("ij,j->i", matrix, vector)
+# Per-call costs are most of a small head's time, so the hot calls skip
+# NumPy's Python-level wrappers where NumPy exposes the function underneath:
+#
+# * ``_einsum("ij,bj->bi", matrix, vectors)`` is ``vectors @ matrix.T`` with
+#   every (vector, row) pair reduced by the same loop over the row, so equal
+#   rows give equal results (which keeps ties between tokens exact) and a
+#   batch gives exactly what its vectors give one by one.  BLAS gemv/gemm
+#   block rows and guarantee neither; NumPy's own einsum loop does (the test
+#   suite checks it on rows of every alignment and on batch sizes around the
+#   blocks).  np.einsum's wrapper costs as much as the product of a small head.
+# * ``_ignore_fp_errors()`` / ``_restore_fp_errors(token)`` is
+#   ``np.errstate(all="ignore")`` (overflow and NaN are reported through
+#   n_bad, never as warnings): NumPy >= 2 keeps the error state in a context
+#   variable, which is thread- and task-safe to set directly.
+try:
+    from numpy._core.multiarray import c_einsum as _einsum
+except ImportError:  # NumPy < 2 spells the module numpy.core
+    _einsum = np.einsum
+try:
+    from numpy._core._multiarray_umath import _extobj_contextvar, _make_extobj
+except ImportError:
 
+    def _ignore_fp_errors() -> Any:
+        state = np.errstate(all="ignore")
+        state.__enter__()
+        return state
 
-def silu(v: np.ndarray) -> np.ndarray:
-    """SiLU with the spec's cut-off: exactly v (or -0.0) once |v| >= 500."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        inside = v / (1 + np.exp(-v))
-        return np.where(np.abs(v) < 500, inside, np.where(v > 0, v, v * 0))
+    def _restore_fp_errors(token: Any) -> None:
+        token.__exit__(None, None, None)
+else:
+    _IGNORE = _make_extobj(all="ignore")
+
+    def _ignore_fp_errors() -> Any:
+        return _extobj_contextvar.set(_IGNORE)
+
+    _restore_fp_errors = _extobj_contextvar.reset
+
+_add_reduce = np.add.reduce
 
 
 def _as_compute(matrix: np.ndarray, weight_dtype: str,
@@ -67,6 +93,7 @@ class KernelHead:
         self.vocab = lm_head_weight.shape[0]
         self.type_num = projection_bias.dtype.num
         self.residual = residual
+        self._float64 = projection_bias.dtype == np.float64
         if residual and self.d_proj != self.d_model:
             raise ValueError("a residual head needs d_proj == d_model")
 
@@ -74,38 +101,81 @@ class KernelHead:
                 want_logits: bool, want_probs: bool, n_threads: int) -> ForwardResult:
         """Run the head on ``hidden`` ((d_model,) or (B, d_model), of the head's
         dtype).  Returns ``(n_bad, tokens, token_probs, logits, probs)`` shaped
-        like the compiled kernel's; n_bad counts states with a non-finite softmax."""
-        # State by state, so a batch gives exactly the results of single calls.
-        states = [hidden] if hidden.ndim == 1 else list(hidden)
-        results = [self._forward_one(state, temperature, top_k) for state in states]
-        n_bad = sum(result[0] for result in results)
-        fields = [np.stack([result[i] for result in results]) for i in range(1, 5)]
-        if hidden.ndim == 1:
-            fields = [field[0] for field in fields]
-        tokens, token_probs, logits, probs = fields
-        return (n_bad, tokens, token_probs, logits if want_logits else None,
-                probs if want_probs else None)
+        like the compiled kernel's; n_bad counts states with a non-finite softmax.
 
-    def _forward_one(self, state: np.ndarray, temperature: float, top_k: int
-                     ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(n_bad, tokens, token_probs, logits, probs) of one state."""
-        with np.errstate(all="ignore"):
-            x = silu(matvec(self.weight, state) + self.bias)
+        The whole batch goes through each NumPy call at once (per-call costs
+        dominate small heads), and still every state's result is exactly what
+        it gets alone: the products are einsum's loop, one dot product per
+        (state, row) whatever the batch; everything after is elementwise or
+        per row."""
+        states = hidden if hidden.ndim == 2 else hidden[None]
+        float64 = self._float64
+        errors = _ignore_fp_errors()
+        try:
+            v = _einsum("ij,bj->bi", self.weight, states)
+            v += self.bias
+            # SiLU with the spec's cut-off.  For v >= 500, v / (1 + exp(-v))
+            # already is exactly v (1 + exp(-v) rounds to 1), and so is -0.0
+            # in float32 for v <= -500 (exp overflows); float64 needs the
+            # cut-off spelled out (v * 0 keeps the sign; NaN/-inf give NaN).
+            e = np.exp(-v)
+            e += 1
+            x = v / e
+            if float64:
+                x = np.where(v > -500, x, v * 0)
             if self.residual:
-                x = state + x
-            scores = matvec(self.lm_head, x)
-            if temperature > 0:
-                # Divide in float64: a tiny T must not underflow to 0 in float32.
-                scores = (scores.astype(np.float64) / temperature).astype(scores.dtype)
-            wide = scores.astype(np.float64)
-            top = wide.max()
-            shifted = np.exp(wide - top)
-            total = shifted.sum()
-        n_bad = 0 if (np.isfinite(top) and np.isfinite(total)) else 1
-        # Stable sort of the negated scores: best first, ties to the lower id.
-        tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64)
-        token_probs = (shifted[tokens] / total).astype(scores.dtype)
-        return n_bad, tokens, token_probs, scores, (shifted / total).astype(scores.dtype)
+                x = states + x
+            scores = _einsum("ij,bj->bi", self.lm_head, x)
+            if temperature > 0 and temperature != 1.0:  # (x / 1.0 is x)
+                if float64:
+                    scores = scores / temperature
+                else:
+                    # Divide in float64: a tiny T must not underflow to 0 in float32.
+                    scores = (scores.astype(np.float64) / temperature).astype(np.float32)
+            wide = scores if float64 else scores.astype(np.float64)
+            # The softmax is shifted by the largest logit; the first one is
+            # the top token (what a stable sort of -logits puts first), and
+            # its exp term is exp(0) = 1.  A non-finite largest logit makes
+            # the total NaN, so the totals alone tell whether a state's
+            # softmax is finite.
+            if hidden.ndim == 1:
+                return self._finish_one(scores[0], wide[0], top_k, want_logits, want_probs)
+            shifted = np.exp(wide - wide.max(axis=1, keepdims=True))
+            total = _add_reduce(shifted, axis=1, keepdims=True)
+        finally:
+            _restore_fp_errors(errors)
+        n_bad = 0
+        if not math.isfinite(_add_reduce(total, axis=None)):  # the totals are in [1, V]
+            n_bad = states.shape[0] - int(np.count_nonzero(np.isfinite(total)))
+        if top_k == 1:
+            tokens = scores.argmax(axis=1, keepdims=True).astype(np.int64, copy=False)
+            token_probs = (1.0 / total).astype(scores.dtype, copy=False)
+        else:
+            # Stable sort of the negated scores: best first, ties to the lower id.
+            tokens = np.argsort(-scores, axis=1, kind="stable")[:, :top_k].astype(
+                np.int64, copy=False)
+            token_probs = (np.take_along_axis(shifted, tokens, axis=1) / total).astype(
+                scores.dtype, copy=False)
+        probs = (shifted / total).astype(scores.dtype, copy=False) if want_probs else None
+        return n_bad, tokens, token_probs, scores if want_logits else None, probs
+
+    @staticmethod
+    def _finish_one(scores: np.ndarray, wide: np.ndarray, top_k: int, want_logits: bool,
+                    want_probs: bool) -> ForwardResult:
+        """The softmax and top-k of one state's (V,) logits (``wide``: in
+        float64), with the batch path's arithmetic in 1-D."""
+        best = scores.argmax()
+        shifted = np.exp(wide - wide[best])
+        total = _add_reduce(shifted)
+        n_bad = 0 if math.isfinite(total) else 1
+        if top_k == 1:
+            tokens = np.array([best], dtype=np.int64)
+            token_probs = np.array([1.0 / total], dtype=scores.dtype)
+        else:
+            tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64, copy=False)
+            token_probs = (shifted[tokens] / total).astype(scores.dtype, copy=False)
+        probs = (shifted / total).astype(scores.dtype, copy=False) if want_probs else None
+        return n_bad, tokens, token_probs, scores if want_logits else None, probs
 
 
 def forward_heads(kernels: list[KernelHead], hidden: np.ndarray, temperature: float,

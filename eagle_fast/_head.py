@@ -8,9 +8,10 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _backend
-from ._storage import LOW_PRECISION, StoredMatrix, resolve_weight_dtype
+from ._storage import LOW_PRECISION, STORAGE_ARRAY_DTYPE, StoredMatrix, resolve_weight_dtype
 from ._validation import (
     as_kernel_array,
+    check_bool,
     check_d2t,
     check_finite,
     check_temperature,
@@ -167,21 +168,46 @@ class DraftHead:
                    stored_lm_head, residual, d2t, target_vocab_size)
 
     @classmethod
-    def from_stored(cls, weight_dtype: str, projection_weight: Any, projection_bias: Any,
-                    lm_head_weight: Any, *, projection_scales: Any = None,
-                    lm_head_scales: Any = None, residual: bool = False, d2t: Any = None,
-                    target_vocab_size: Optional[int] = None) -> DraftHead:
+    def from_stored(cls, weight_dtype: Optional[str] = None, projection_weight: Any = None,
+                    projection_bias: Any = None, lm_head_weight: Any = None, *,
+                    projection_scales: Any = None, lm_head_scales: Any = None,
+                    residual: bool = False, d2t: Any = None,
+                    target_vocab_size: Optional[int] = None, **stored: Any) -> DraftHead:
         """A head from weights already in their stored form (as
         :meth:`stored_arrays` returns them, or as read from a checkpoint):
         ``bfloat16`` as uint16 bit patterns, ``float16``, ``int8`` with float32
         per-row scales, or ``float32``/``float64``.  Nothing is re-rounded;
         everything is checked (dtypes, shapes, finite values).  ``residual``,
-        ``d2t`` and ``target_vocab_size`` as in the constructor."""
+        ``d2t`` and ``target_vocab_size`` as in the constructor.
+
+        ``weight_dtype`` may be left out: it follows from the dtype of
+        ``projection_weight`` (uint16 is bfloat16).  The arrays may also be
+        passed under the names :meth:`stored_arrays` gives them
+        (``projection.weight``, ..., ``lm_head.weight_scale``), so
+        ``DraftHead.from_stored(**head.stored_arrays(), residual=head.residual,
+        d2t=head.d2t, target_vocab_size=head.target_vocab_size)`` rebuilds
+        ``head`` bit for bit."""
+        arrays = {"projection_weight": projection_weight, "projection_bias": projection_bias,
+                  "lm_head_weight": lm_head_weight, "projection_scales": projection_scales,
+                  "lm_head_scales": lm_head_scales}
+        for name, value in stored.items():
+            if name not in _STORED_NAMES:
+                raise TypeError(f"from_stored() got an unexpected keyword argument {name!r}")
+            argument = _STORED_NAMES[name]
+            if arrays[argument] is not None:
+                raise TypeError(f"from_stored() got both {argument} and {name!r}")
+            arrays[argument] = value
+        for argument in ("projection_weight", "projection_bias", "lm_head_weight"):
+            if arrays[argument] is None:
+                raise TypeError(f"from_stored() missing the array {argument!r}")
+        if weight_dtype is None:
+            weight_dtype = _stored_weight_dtype(arrays["projection_weight"])
         stored_as = resolve_weight_dtype(weight_dtype)
-        weight = StoredMatrix.from_arrays(stored_as, projection_weight, projection_scales,
-                                          "projection_weight")
-        lm_head = StoredMatrix.from_arrays(stored_as, lm_head_weight, lm_head_scales,
-                                           "lm_head_weight")
+        weight = StoredMatrix.from_arrays(stored_as, arrays["projection_weight"],
+                                          arrays["projection_scales"], "projection_weight")
+        lm_head = StoredMatrix.from_arrays(stored_as, arrays["lm_head_weight"],
+                                           arrays["lm_head_scales"], "lm_head_weight")
+        projection_bias = arrays["projection_bias"]
         bias_dtype = np.float32 if stored_as in LOW_PRECISION else np.dtype(stored_as)
         bias = real_array(projection_bias, "projection_bias")
         head_arrays(weight.data, bias, lm_head.data,
@@ -201,8 +227,7 @@ class DraftHead:
         active backend's kernel."""
         d_proj, d_model = weight.shape
         vocab_size = lm_head.shape[0]
-        if not isinstance(residual, (bool, np.bool_)):
-            raise TypeError(f"residual must be a bool, got {residual!r}")
+        residual = check_bool(residual, "residual")
         if residual and d_proj != d_model:
             raise ValueError(f"a residual (Medusa) head needs d_proj == d_model, got "
                              f"projection_weight of shape {weight.shape}")
@@ -300,10 +325,13 @@ class DraftHead:
         return _read_only(self._lm_head.dequantize())
 
     def stored_arrays(self) -> dict[str, np.ndarray]:
-        """The weights exactly as stored (read-only): ``projection.weight``,
-        ``projection.bias``, ``lm_head.weight`` and, for int8,
-        ``projection.weight_scale`` and ``lm_head.weight_scale``.  bfloat16
-        matrices are uint16 bit patterns."""
+        """The weights exactly as stored (read-only), by their checkpoint
+        tensor names: ``projection.weight``, ``projection.bias``,
+        ``lm_head.weight`` and, for int8, ``projection.weight_scale`` and
+        ``lm_head.weight_scale``.  bfloat16 matrices are uint16 bit patterns.
+        :meth:`from_stored` takes them back as they are:
+        ``DraftHead.from_stored(**head.stored_arrays())`` (plus ``residual``,
+        ``d2t`` and ``target_vocab_size`` for such heads)."""
         arrays = {"projection.weight": self._weight.data, "projection.bias": self._bias,
                   "lm_head.weight": self._lm_head.data}
         if self._weight.scales is not None and self._lm_head.scales is not None:
@@ -365,10 +393,13 @@ class DraftHead:
         top_k : int, default 1
             How many best tokens to return, 1 <= top_k <= vocab_size.
         return_logits, return_probs : bool
-            Also return the full vocab-sized logits / probabilities.
+            Also return the full vocab-sized logits / probabilities (bools or
+            NumPy bools only: anything else is a TypeError).
         num_threads : int, optional
             OpenMP threads: None = default (honours OMP_NUM_THREADS), -1 = all,
-            -2 = all but one, ...  Small heads always run on one thread.
+            -2 = all but one, ... (counted back from OMP_NUM_THREADS, else the
+            usable CPUs, on every backend); 0 or a count that leaves no thread
+            is a ValueError.  Small heads always run on one thread.
         scatter_to_target : bool, default False
             Heads with ``d2t`` only: return ``logits``/``probs`` over the target
             vocabulary (tokens outside the draft vocabulary get -inf / 0).
@@ -391,6 +422,11 @@ class DraftHead:
             temperature = check_temperature(temperature)
         if type(top_k) is not int or not 0 < top_k <= self._streaming_top_k_max:
             top_k = check_top_k(top_k, self._vocab_size)
+        if (type(return_logits) is not bool or type(return_probs) is not bool
+                or type(scatter_to_target) is not bool):
+            return_logits = check_bool(return_logits, "return_logits")
+            return_probs = check_bool(return_probs, "return_probs")
+            scatter_to_target = check_bool(scatter_to_target, "scatter_to_target")
         if num_threads is None:
             n_threads = self._default_threads
         else:
@@ -459,6 +495,23 @@ class DraftHead:
         :func:`eagle_fast.load_medusa`."""
         from ._checkpoint import load_head
         return load_head(path)
+
+
+# stored_arrays()'s names -> from_stored's arguments.
+_STORED_NAMES = {"projection.weight": "projection_weight", "projection.bias": "projection_bias",
+                 "lm_head.weight": "lm_head_weight",
+                 "projection.weight_scale": "projection_scales",
+                 "lm_head.weight_scale": "lm_head_scales"}
+
+
+def _stored_weight_dtype(projection_weight: Any) -> str:
+    """The weight_dtype a stored projection matrix's dtype stands for."""
+    dtype = np.asarray(projection_weight).dtype.newbyteorder("=")
+    for name, array_dtype in STORAGE_ARRAY_DTYPE.items():
+        if dtype == array_dtype:
+            return name
+    raise TypeError(f"cannot tell the weight_dtype of a stored projection_weight of dtype "
+                    f"{dtype}; pass weight_dtype= ({', '.join(STORAGE_ARRAY_DTYPE)})")
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

@@ -158,11 +158,35 @@ def check_top_k(top_k: Any, vocab_size: int) -> int:
     return k
 
 
+def check_bool(value: Any, name: str) -> bool:
+    """A bool or NumPy bool as a bool; anything else (``"no"``, 0, None) is a
+    TypeError rather than its truth value."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {value!r}")
+
+
+def available_threads() -> int:
+    """What a negative ``num_threads`` counts back from, the same on every
+    backend (with or without OpenMP): OMP_NUM_THREADS when it is set (its
+    first value, as OpenMP reads it), else the CPUs this process may use."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if first.isdigit() and int(first) > 0:
+        return int(first)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def resolve_num_threads(num_threads: Any, default: int) -> int:
-    """scikit-learn's convention: None -> the OpenMP default (honours
-    OMP_NUM_THREADS); n > 0 -> n; n < 0 -> default + 1 + n (-1 = all); 0 is an
-    error.  More threads than CPUs are capped at the CPU count: the kernels
-    are memory-bound and oversubscription only adds waiting."""
+    """scikit-learn's convention: None -> ``default``, the backend's own (the
+    OpenMP default, which honours OMP_NUM_THREADS; 1 without OpenMP); n > 0
+    -> n; n < 0 -> available_threads() + 1 + n (-1 = all, -2 = all but one),
+    a ValueError when that leaves no thread; 0 is a ValueError.  Which values
+    are accepted does not depend on the backend.  More threads than CPUs are
+    capped at the CPU count: the kernels are memory-bound and
+    oversubscription only adds waiting."""
     if num_threads is None:
         return default
     if isinstance(num_threads, bool):
@@ -174,10 +198,12 @@ def resolve_num_threads(num_threads: Any, default: int) -> int:
     if n == 0:
         raise ValueError("num_threads=0 is invalid: use None for the default, or n >= 1")
     if n < 0:
-        resolved = default + 1 + n
+        available = available_threads()
+        resolved = available + 1 + n
         if resolved < 1:
             raise ValueError(
-                f"num_threads={n} leaves no thread (the default is {default} threads)"
+                f"num_threads={n} leaves no thread ({available} available: OMP_NUM_THREADS, "
+                "else the CPUs this process may use)"
             )
         return resolved
     return min(n, max(default, os.cpu_count() or 1))

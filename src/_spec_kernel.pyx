@@ -49,6 +49,33 @@ cdef double sum_like_python(const double[::1] values, bint compensated) noexcept
     return total
 
 
+cdef inline void rows4(const double* matrix, const double* vec, Py_ssize_t row,
+                       Py_ssize_t n, const double* init, double* out) noexcept nogil:
+    """out[k] = init[k] (or 0.0) + m[row+k, 0] * vec[0] + m[row+k, 1] * vec[1] + ...,
+    for k < 4, each summed left to right (no FMA: -ffp-contract=off)."""
+    cdef const double* r0 = matrix + row * n
+    cdef const double* r1 = r0 + n
+    cdef const double* r2 = r1 + n
+    cdef const double* r3 = r2 + n
+    cdef double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0, x
+    cdef Py_ssize_t j
+    if init != NULL:
+        a0 = init[0]
+        a1 = init[1]
+        a2 = init[2]
+        a3 = init[3]
+    for j in range(n):
+        x = vec[j]
+        a0 = a0 + r0[j] * x
+        a1 = a1 + r1[j] * x
+        a2 = a2 + r2[j] * x
+        a3 = a3 + r3[j] * x
+    out[0] = a0
+    out[1] = a1
+    out[2] = a2
+    out[3] = a3
+
+
 def spec_forward(const double[::1] hidden,
                  const double[:, ::1] projection_weight,
                  const double[::1] projection_bias,
@@ -85,15 +112,29 @@ cdef Py_ssize_t spec_impl(const double[::1] hidden,
     cdef Py_ssize_t d_model = hidden.shape[0]
     cdef Py_ssize_t d_proj = projection_weight.shape[0]
     cdef Py_ssize_t vocab = lm_head_weight.shape[0]
-    cdef Py_ssize_t i, j, v, best = 0
+    cdef Py_ssize_t i, j, v, blk, best = 0
     cdef double acc, max_logit, total
-    for i in prange(d_proj, schedule='static', num_threads=num_threads):
+    # Every row is still one sequential sum in the spec's order; the rows are
+    # taken 4 at a time only so that 4 independent sums are in flight (the
+    # additions of one sum wait on each other).
+    for blk in prange(d_proj // 4, schedule='static', num_threads=num_threads):
+        rows4(&projection_weight[0, 0], &hidden[0], 4 * blk, d_model,
+              &projection_bias[4 * blk], &projected[4 * blk])
+        for i in range(4 * blk, 4 * blk + 4):
+            projected[i] = silu_spec(projected[i])
+    for i in range(d_proj - d_proj % 4, d_proj):
         acc = projection_bias[i]
         for j in range(d_model):
             acc = acc + projection_weight[i, j] * hidden[j]
         projected[i] = silu_spec(acc)
 
-    for v in prange(vocab, schedule='static', num_threads=num_threads):
+    for blk in prange(vocab // 4, schedule='static', num_threads=num_threads):
+        rows4(&lm_head_weight[0, 0], &projected[0], 4 * blk, d_proj, NULL,
+              &logits_out[4 * blk])
+        if temperature > 0.0:
+            for v in range(4 * blk, 4 * blk + 4):
+                logits_out[v] = logits_out[v] / temperature
+    for v in range(vocab - vocab % 4, vocab):
         acc = 0.0
         for j in range(d_proj):
             acc = acc + lm_head_weight[v, j] * projected[j]
@@ -118,3 +159,207 @@ cdef Py_ssize_t spec_impl(const double[::1] hidden,
             best = v
     return best
 
+
+# ---------------------------------------------------------------------------
+# The whole call for the common inputs, without NumPy: eagle_draft_from_hidden
+# calls this first.  Nested lists of floats (what the spec's callers pass) are
+# read straight into C buffers, float64 C-contiguous arrays are read in place,
+# the kernel runs, and the outputs are rounded to Python lists here.  Anything
+# else -- other element types, ragged or mismatched shapes, empty, NaN/inf,
+# unaligned or non-native arrays, a non-finite softmax -- returns None, and the
+# caller takes its general path, which converts with NumPy and raises the
+# error naming the argument.  So this path changes no result and no error.
+# ---------------------------------------------------------------------------
+
+from cpython.buffer cimport PyObject_CheckBuffer
+from cpython.float cimport PyFloat_AS_DOUBLE
+from libc.math cimport floor, rint
+from libc.stdint cimport uint64_t, uintptr_t
+
+import builtins
+
+cdef object _python_round = builtins.round
+
+
+cdef extern from *:
+    """
+    #include <math.h>
+    /* Copy the leading run of finite exact floats of list[start:n] to out;
+       returns the index of the first item that is not one (n if none). */
+    static Py_ssize_t ef_copy_floats(PyObject* list, double* out, Py_ssize_t start,
+                                     Py_ssize_t n) {
+        PyObject** items = ((PyListObject*)list)->ob_item;
+        Py_ssize_t j;
+        for (j = start; j < n; j++) {
+            PyObject* item = items[j];
+            double value;
+            if (!PyFloat_CheckExact(item)) break;
+            value = PyFloat_AS_DOUBLE(item);
+            if (!isfinite(value)) break;
+            out[j] = value;
+        }
+        return j;
+    }
+    """
+    Py_ssize_t ef_copy_floats(list row, double* out, Py_ssize_t start, Py_ssize_t n)
+
+
+cdef int fill_row(list row, double* out, Py_ssize_t n) except -1:
+    """Copy ``row`` (a list of exactly ``n`` finite floats or ints) to ``out``;
+    0 if it is anything else."""
+    cdef Py_ssize_t j = 0
+    cdef object item
+    cdef double value
+    if len(row) != n:
+        return 0
+    while True:
+        # Floats are read in C, without reference counting (the GIL is held
+        # and the list is not touched meanwhile); ints one by one here.
+        j = ef_copy_floats(row, out, j, n)
+        if j == n:
+            return 1
+        item = row[j]
+        if type(item) is not int:
+            return 0
+        try:
+            value = float(item)  # correctly rounded, as NumPy converts
+        except OverflowError:
+            return 0
+        if not isfinite(value):
+            return 0
+        out[j] = value
+        j += 1
+
+
+cdef bint finite_aligned(const double* data, Py_ssize_t n) noexcept nogil:
+    """Whether ``data`` is 8-byte aligned and holds no NaN/inf (exponent bits
+    all ones), tested on the bits so that the loop vectorizes."""
+    cdef const uint64_t* bits = <const uint64_t*>data
+    cdef uint64_t exponent = 0x7FF0000000000000ULL, bad = 0
+    cdef Py_ssize_t i
+    if (<uintptr_t>data) % sizeof(double) != 0:
+        return False
+    for i in range(n):
+        bad |= (bits[i] & exponent) == exponent
+    return bad == 0
+
+
+cdef object vector_of(object value, Py_ssize_t n):
+    """``value`` as a buffer of ``n`` finite float64 (n < 0: any n >= 1), or None."""
+    cdef double[::1] filled
+    cdef const double[::1] view
+    cdef Py_ssize_t size
+    if type(value) is list:
+        size = len(<list>value)
+        if size == 0 or (n >= 0 and size != n):
+            return None
+        filled = cvarray(shape=(size,), itemsize=sizeof(double), format="d")
+        if not fill_row(<list>value, &filled[0], size):
+            return None
+        return filled
+    if not PyObject_CheckBuffer(value):
+        return None
+    try:
+        view = value
+    except (ValueError, TypeError, BufferError):
+        return None
+    size = view.shape[0]
+    if size == 0 or (n >= 0 and size != n) or not finite_aligned(&view[0], size):
+        return None
+    return value
+
+
+cdef object matrix_of(object value, Py_ssize_t n_cols):
+    """``value`` as a (rows >= 1, n_cols) buffer of finite float64, or None."""
+    cdef double[:, ::1] filled
+    cdef const double[:, ::1] view
+    cdef Py_ssize_t i, n_rows
+    cdef object row
+    if type(value) is list:
+        n_rows = len(<list>value)
+        if n_rows == 0:
+            return None
+        filled = cvarray(shape=(n_rows, n_cols), itemsize=sizeof(double), format="d")
+        for i in range(n_rows):
+            row = (<list>value)[i]
+            if type(row) is not list or not fill_row(<list>row, &filled[i, 0], n_cols):
+                return None
+        return filled
+    if not PyObject_CheckBuffer(value):
+        return None
+    try:
+        view = value
+    except (ValueError, TypeError, BufferError):
+        return None
+    n_rows = view.shape[0]
+    if (n_rows == 0 or view.shape[1] != n_cols
+            or not finite_aligned(&view[0, 0], n_rows * n_cols)):
+        return None
+    return value
+
+
+cdef list rounded(const double[::1] values, int ndigits):
+    """``[round(v, ndigits) for v in values]``, bit for bit.  ``round`` rounds
+    the exact binary value half to even at the decimal digit; ``rint(v * 10**n)
+    / 10**n`` is the same double unless ``v * 10**n`` lies within its own
+    rounding error of a half-integer (or is too large to hold integers
+    exactly): those few values go through Python's ``round`` itself (as
+    ``eagle_fast._spec.round_like_python`` does)."""
+    cdef Py_ssize_t i, n = values.shape[0]
+    cdef double scale = 10.0 ** ndigits, v, scaled, magnitude
+    cdef list out = [None] * n
+    for i in range(n):
+        v = values[i]
+        scaled = v * scale
+        magnitude = fabs(scaled)
+        if (magnitude < 2.0 ** 51
+                and fabs(scaled - floor(scaled) - 0.5) > magnitude * 2.0 ** -51):
+            out[i] = rint(scaled) / scale
+        else:
+            out[i] = _python_round(v, ndigits)
+    return out
+
+
+def draft_from_hidden(object hidden_state, object projection_weights,
+                      object projection_bias, object lm_head_weights,
+                      double temperature, bint compensated_sum,
+                      Py_ssize_t parallel_min_bytes, int max_threads):
+    """eagle_draft_from_hidden's result dict for the common inputs, or None
+    (then the caller's general path decides: see the comment above).
+    ``temperature`` is already a validated float; the call runs on
+    ``max_threads`` threads when the weights have >= ``parallel_min_bytes``."""
+    h_data = vector_of(hidden_state, -1)
+    if h_data is None:
+        return None
+    cdef const double[::1] h = h_data
+    w_data = matrix_of(projection_weights, h.shape[0])
+    if w_data is None:
+        return None
+    cdef const double[:, ::1] w = w_data
+    b_data = vector_of(projection_bias, w.shape[0])
+    if b_data is None:
+        return None
+    l_data = matrix_of(lm_head_weights, w.shape[0])
+    if l_data is None:
+        return None
+    cdef const double[::1] b = b_data
+    cdef const double[:, ::1] lm = l_data
+    cdef Py_ssize_t d_proj = w.shape[0], vocab = lm.shape[0], best
+    cdef double[::1] projected = cvarray(shape=(d_proj,), itemsize=sizeof(double), format="d")
+    cdef double[::1] logits = cvarray(shape=(vocab,), itemsize=sizeof(double), format="d")
+    cdef double[::1] probs = cvarray(shape=(vocab,), itemsize=sizeof(double), format="d")
+    cdef int n_threads = 1
+    if (w.shape[0] * w.shape[1] + lm.shape[0] * lm.shape[1]) * <Py_ssize_t>sizeof(double) \
+            >= parallel_min_bytes:
+        n_threads = max_threads
+    with nogil:
+        best = spec_impl(h, w, b, lm, temperature, compensated_sum, projected, logits,
+                         probs, n_threads)
+    if best < 0:
+        return None
+    return {
+        "logits": rounded(logits, 4),
+        "probs": rounded(probs, 6),
+        "predicted_token": best,
+        "confidence": _python_round(probs[best], 6),
+    }

@@ -99,3 +99,31 @@ def _missing_kernels_lines() -> list[str]:
     lines = [] if reason is None else [f"eagle_fast compiled kernels unavailable: {reason}"]
     return lines + [f"eagle_fast import warning: {w.message}" for w in _import_warnings
                     if reason is None or reason not in str(w.message)]
+
+
+# On CI (CI=true) every optional test dependency is installed by .ci/run, so a
+# test skipped because one fails to import (pytest.importorskip) would hide a
+# broken install: it fails there instead.
+_OPTIONAL_IMPORT_SKIP = "could not import"
+
+
+def _fail_optional_import_skips_on_ci(report) -> None:
+    if not report.skipped or os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    if _OPTIONAL_IMPORT_SKIP in reason:
+        report.outcome = "failed"
+        report.longrepr = f"CI=true but an optional test dependency is missing: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_optional_import_skips_on_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip skips the whole module here
+    _fail_optional_import_skips_on_ci(outcome.get_result())

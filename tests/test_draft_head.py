@@ -1094,11 +1094,14 @@ def test_numpy_integer_top_k_is_accepted():
                                       head.predict(hidden, top_k=int(k)).tokens)
 
 
-def test_num_threads_values():
+def test_num_threads_values(monkeypatch):
     rng = np.random.default_rng(82)
     head = _batch_head(rng, np.float64, "parallel")
     hidden = rng.standard_normal((3, head.d_model))
-    max_threads = eagle_fast.build_info()["max_threads"]
+    # Negative counts go back from OMP_NUM_THREADS (else the usable CPUs) on
+    # every backend; tests/test_api_parity.py has the rule in full.
+    max_threads = 4
+    monkeypatch.setenv("OMP_NUM_THREADS", str(max_threads))
     expected = full(head, hidden, num_threads=1)
     for n in (None, 1, 2, 4, -1, -max_threads, np.int64(2)):
         got = full(head, hidden, num_threads=n)
