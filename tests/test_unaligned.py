@@ -112,8 +112,8 @@ class KernelInputs:
                 self.bad.append(f"{what}: {array.dtype} {array.shape} at address "
                                 f"{array.ctypes.data:#x}")
 
-    def check(self) -> None:
-        assert self.count, "no kernel was called"
+    def check(self, calls_expected: bool = True) -> None:
+        assert self.count or not calls_expected, "no kernel was called"
         assert not self.bad, "kernels received unaligned arrays: " + "; ".join(self.bad)
 
 
@@ -279,7 +279,8 @@ def test_spec_function(kernel_inputs, dtype):
             assert eagle_fast.eagle_draft_from_hidden(*args, temperature=0.8) == expected
         moved = [unaligned(a, offset) for a in (h, W, b, L)]
         assert eagle_fast.eagle_draft_from_hidden(*moved, temperature=0.8) == expected
-    kernel_inputs.check()
+    # The fallback's fast path may compute everything itself.
+    kernel_inputs.check(calls_expected=_backend.active().name == "compiled")
 
 
 # ---------------------------------------------------------------------------
