@@ -118,8 +118,8 @@ class DraftHead:
         id of ``d2t``), an integer of at most ``2**31 - 1``; only with ``d2t``.
 
     Weights are checked once here (shapes, finite values) and converted to
-    C-contiguous arrays; arrays that already are in the stored form are not
-    copied, so do not modify them afterwards.
+    C-contiguous, aligned arrays; arrays that already are in the stored form
+    are not copied, so do not modify them afterwards.
     """
 
     def __init__(self, projection_weight: Any, projection_bias: Any,
@@ -411,9 +411,11 @@ class DraftHead:
             optional ``logits``/``probs``, and ``predicted_token``/``confidence``.
         """
         # The common case passes these identity/type tests in well under a
-        # microsecond; anything else takes the full validation path.
+        # microsecond; anything else takes the full validation path (carray:
+        # C-contiguous, aligned and writeable; a read-only array is checked
+        # there, and not copied).
         if not (type(hidden) is np.ndarray and hidden.dtype is self._dtype
-                and hidden.flags.c_contiguous and 0 < hidden.ndim < 3
+                and hidden.flags.carray and 0 < hidden.ndim < 3
                 and hidden.shape[-1] == self._d_model and hidden.size):
             hidden = self._as_hidden(hidden)
         if type(temperature) is not float or not 0.0 <= temperature <= _FLOAT_MAX:

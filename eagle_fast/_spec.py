@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _backend
 from ._head import PARALLEL_MIN_WEIGHT_BYTES
-from ._validation import check_finite, head_arrays, numeric_array
+from ._validation import aligned, check_finite, head_arrays, numeric_array
 
 # CPython >= 3.12 sums floats with Neumaier compensation; the spec's
 # ``sum(exps)`` does whatever the running interpreter does, and so do we.
@@ -112,7 +112,8 @@ def _draft_from_arrays(hidden_state: Any, projection_weights: Any, projection_bi
     if weight.shape[1] != h.shape[0]:
         raise ValueError(f"projection_weights must have shape (d_proj, d_model) with "
                          f"d_model = {h.shape[0]} (from hidden_state), got shape {weight.shape}")
-    arrays = [np.ascontiguousarray(a, dtype=np.float64) for a in (h, weight, bias, lm_head)]
+    arrays = [aligned(np.ascontiguousarray(a, dtype=np.float64))
+              for a in (h, weight, bias, lm_head)]
     for name, array in zip(_ARG_NAMES, arrays):
         check_finite(array, name)
     vocab = lm_head.shape[0]

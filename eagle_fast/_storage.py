@@ -8,7 +8,9 @@
   an all-zero row gets ``q = 0`` and ``scale = 0``.
 
 Every stored value converts exactly to float32, and low-precision heads
-compute in float32: the kernels use exactly the dequantized weights.
+compute in float32: the kernels use exactly the dequantized weights (int8
+rows apply their scale to the finished dot product ``q . x``, and fall back
+to the dequantized row where that sum would overflow float32).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
+
+from ._validation import as_kernel_array
 
 WEIGHT_DTYPES = ("float32", "float64", "bfloat16", "float16", "int8")
 LOW_PRECISION = ("bfloat16", "float16", "int8")
@@ -115,8 +119,9 @@ def quantize_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class StoredMatrix:
-    """One weight matrix as the kernels read it: ``data`` (C-contiguous, of
-    STORAGE_ARRAY_DTYPE[weight_dtype]) and, for int8, per-row float32 ``scales``."""
+    """One weight matrix as the kernels read it: ``data`` (C-contiguous and
+    aligned, of STORAGE_ARRAY_DTYPE[weight_dtype]) and, for int8, per-row
+    float32 ``scales``."""
 
     weight_dtype: str
     data: np.ndarray
@@ -133,8 +138,7 @@ class StoredMatrix:
             stored = cls(weight_dtype, encode_bfloat16(values))
             limit = _BF16_MAX
         else:
-            with np.errstate(over="ignore"):
-                data = np.ascontiguousarray(values, dtype=STORAGE_ARRAY_DTYPE[weight_dtype])
+            data = as_kernel_array(values, STORAGE_ARRAY_DTYPE[weight_dtype])
             stored = cls(weight_dtype, data)
             limit = float(np.finfo(data.dtype).max)
         if not stored.all_finite():
@@ -156,12 +160,12 @@ class StoredMatrix:
                             f"got {array.dtype}")
         if array.ndim != 2 or 0 in array.shape:
             raise ValueError(f"{name} must be a non-empty 2-D array, got shape {array.shape}")
-        array = np.ascontiguousarray(array, dtype=expected)
+        array = as_kernel_array(array, expected)
         scale_array = None
         if weight_dtype == "int8":
             if scales is None:
                 raise ValueError(f"{name} stored as int8 needs its per-row scales")
-            scale_array = np.ascontiguousarray(scales, dtype=np.float32)
+            scale_array = as_kernel_array(np.asarray(scales), np.dtype(np.float32))
             if scale_array.shape != (array.shape[0],):
                 raise ValueError(f"{name} scales must have shape ({array.shape[0]},), "
                                  f"got {scale_array.shape}")

@@ -1,7 +1,7 @@
 """Input checks, done once at the Python boundary.
 
-Kernels (compiled or fallback) receive C-contiguous float32/float64 arrays of
-the right shapes and never check anything themselves.  Errors name the
+Kernels (compiled or fallback) receive C-contiguous, aligned float32/float64
+arrays of the right shapes and never check anything themselves.  Errors name the
 argument and what was expected: ``TypeError`` for a wrong kind of value,
 ``ValueError`` for a wrong shape or value.
 """
@@ -112,11 +112,18 @@ def resolve_dtype(arrays: dict[str, np.ndarray], dtype: Optional[Any]) -> np.dty
     return distinct.pop() if distinct else np.dtype(np.float64)
 
 
+def aligned(array: np.ndarray) -> np.ndarray:
+    """``array``, or an aligned copy of it when its data is not aligned for
+    its dtype (e.g. ``np.frombuffer`` at an odd offset).  Kernels load
+    elements in place, and a misaligned load is undefined behaviour in C."""
+    return array if array.flags.aligned else array.copy()
+
+
 def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """C-contiguous array of ``dtype`` (no copy when it already is one).
-    Values beyond the dtype's range become inf, which callers check for."""
+    """C-contiguous, aligned array of ``dtype`` (no copy when it already is
+    one).  Values beyond the dtype's range become inf, which callers check for."""
     with np.errstate(over="ignore"):
-        return np.ascontiguousarray(array, dtype=dtype)
+        return aligned(np.ascontiguousarray(array, dtype=dtype))
 
 
 def check_finite(array: np.ndarray, name: str) -> None:

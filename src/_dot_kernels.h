@@ -20,6 +20,10 @@
  * value converts exactly to float32, so a converting kernel computes the very
  * dot product the float32 kernel computes on the converted row: the same
  * lanes, the same order, whichever path (single state or batch) runs it.
+ * The int8 sum q . x (|q| <= 127) can overflow float32 where the scaled
+ * result is finite; for such rows the caller computes
+ * ef_dot_dequantized_i8, the float32 kernel's dot product on the
+ * dequantized row fl(q * scale).
  *
  * Kernels, one set per storage <w> in f32, f64, bf16, f16, i8; rows are of
  * the storage type, x and the lane accumulators (plain T[8] arrays, no
@@ -32,6 +36,7 @@
  *                                    their latency, 7 loads per 12 FMAs)
  *   ef_finish_<w>(acc, row, x, n_vec, n) -> reduced lanes + tail columns
  *   ef_acc_8x1_i8(r0, step, x, n, acc)  acc[u] += row(r0 + u * step) . x, u < 8
+ *   ef_dot_dequantized_i8(row, scale, x, n_vec, n) -> fl(row * scale) . x
  * where n is a multiple of 8 for the ef_acc_* kernels and acc[i] means the
  * 8 lanes at acc + 8 * i.
  */
@@ -204,6 +209,27 @@ static inline float ef_scalar_i8(signed char q)
     return (float) q;
 }
 
+/* The fixed reduction order of the 8 lanes. */
+#define EF_REDUCE_LANES(acc) \
+    (((acc)[0] + (acc)[4]) + ((acc)[2] + (acc)[6])) + (((acc)[1] + (acc)[5]) + ((acc)[3] + (acc)[7]))
+
+/* total + w * x for the tail columns: one fused multiply-add where the target
+ * has FMA (as -ffp-contract=fast makes of the lanes' acc += w * x), else a
+ * rounded product and sum.  Spelled out because whether the compiler fuses a
+ * scalar loop depends on how it vectorizes that loop (GCC 12 at x86-64-v3
+ * fused the int8 tail and not the float32 one), and every storage type must
+ * compute the float32 kernel's dot product. */
+#if defined(__FP_FAST_FMAF)
+#define ef_madd_float(total, w, x) __builtin_fmaf((w), (x), (total))
+#else
+#define ef_madd_float(total, w, x) ((total) + (w) * (x))
+#endif
+#if defined(__FP_FAST_FMA)
+#define ef_madd_double(total, w, x) __builtin_fma((w), (x), (total))
+#else
+#define ef_madd_double(total, w, x) ((total) + (w) * (x))
+#endif
+
 #define EF_DEFINE_DOTS(W, T, V, suffix)                                           \
 static inline void ef_acc_1x1_##suffix(const W* row, const T* x,                  \
                                        ptrdiff_t n, T* acc)                       \
@@ -268,10 +294,9 @@ static inline T ef_finish_##suffix(const T* acc, const W* row,                  
                                        const T* x, ptrdiff_t n_vec,               \
                                        ptrdiff_t n)                               \
 {                                                                                 \
-    T total = ((acc[0] + acc[4]) + (acc[2] + acc[6]))                             \
-                + ((acc[1] + acc[5]) + (acc[3] + acc[7]));                        \
+    T total = EF_REDUCE_LANES(acc);                                               \
     for (ptrdiff_t j = n_vec; j < n; j++)                                         \
-        total += ef_scalar_##suffix(row[j]) * x[j];                               \
+        total = ef_madd_##T(total, ef_scalar_##suffix(row[j]), x[j]);             \
     return total;                                                                 \
 }
 
@@ -296,6 +321,32 @@ static inline void ef_acc_8x1_i8(const signed char* r0, ptrdiff_t row_step,
         }
     }
     for (int u = 0; u < 8; u++) EF_STORE(ef_f32x8, acc + 8 * u, a[u]);
+}
+
+/* The dot product of the dequantized int8 row fl(q[j] * scale) with x,
+ * computed exactly as ef_acc_1x1_f32 + ef_finish_f32 compute it on a float32
+ * row (the same lanes, products and order; with FMA contraction, the same
+ * fused operations), i.e. exactly what a float32 head on the dequantized
+ * weights gives.  The slow path for rows whose pre-scale sum q . x is not
+ * finite: one multiply more per weight, and no overflow where the float32
+ * computation has none. */
+static inline float ef_dot_dequantized_i8(const signed char* row, float scale,
+                                          const float* x, ptrdiff_t n_vec, ptrdiff_t n)
+{
+    float acc[EF_LANES];
+    ef_f32x8 a = {0};
+    ef_f32x8 s = (ef_f32x8) {0} + scale;
+    for (ptrdiff_t j = 0; j < n_vec; j += EF_LANES) {
+        ef_f32x8 w = ef_load_i8(row + j) * s;
+        a += w * EF_LOAD(ef_f32x8, x + j);
+    }
+    EF_STORE(ef_f32x8, acc, a);
+    float total = EF_REDUCE_LANES(acc);
+    for (ptrdiff_t j = n_vec; j < n; j++) {
+        float w = ef_scalar_i8(row[j]) * scale;
+        total = ef_madd_float(total, w, x[j]);
+    }
+    return total;
 }
 
 /* Memory read-bandwidth probe for the benchmarks: sums n floats (n a multiple

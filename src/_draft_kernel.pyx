@@ -21,10 +21,12 @@
 # Storage: W and L are float32/float64 (the compute dtype) or, with float32
 # compute, bfloat16 / float16 / int8 (per-row scales), converted exactly to
 # float32 in registers as they are loaded -- the arithmetic stays that of the
-# float32 kernel on the dequantized weights.  A head may be residual (Medusa:
+# float32 kernel on the dequantized weights (int8 rows: on q, times the row
+# scale at the end; a row whose unscaled sum overflows float32 is recomputed
+# on its dequantized values, see finish_row).  A head may be residual (Medusa:
 # x = h + SiLU(W h + b)); forward_heads runs several heads in one call.
 #
-# Callers (eagle_fast._head, _medusa) pass validated, C-contiguous arrays;
+# Callers (eagle_fast._head, _medusa) pass validated, C-contiguous, aligned arrays;
 # outputs are allocated here through NumPy's C API, which keeps a small call
 # down to about a microsecond.
 
@@ -121,6 +123,8 @@ cdef extern from "_dot_kernels.h" nogil:
                        Py_ssize_t n_vec, Py_ssize_t n)
     void ef_acc_8x1_i8(const signed char* r0, Py_ssize_t row_step, const float* x,
                        Py_ssize_t n, float* acc)
+    float ef_dot_dequantized_i8(const signed char* row, float scale, const float* x,
+                                Py_ssize_t n_vec, Py_ssize_t n)
     void ef_acc_3x4_bf16(const unsigned short* r0, const unsigned short* r1,
                          const unsigned short* r2, const float* x0, const float* x1,
                          const float* x2, const float* x3, Py_ssize_t n, float* acc0,
@@ -276,8 +280,14 @@ cdef inline void acc_3x4_rows(const StoredMatrix* m, Py_ssize_t r, Py_ssize_t co
 
 cdef inline floating finish_row(const StoredMatrix* m, Py_ssize_t r, const floating* acc,
                                 const floating* x, Py_ssize_t n_vec) noexcept nogil:
-    """The finished dot product row(r) . x (scaled, for int8 rows)."""
+    """The finished dot product row(r) . x (scaled, for int8 rows).
+
+    Int8: scale * (q . x), unless q . x overflowed (or met a non-finite x):
+    then the float32 dot product on the dequantized row, which overflows only
+    where a float32 head on the dequantized weights does.  Each (row, state)
+    decides on its own values, so batches still equal single states."""
     cdef const char* w = row_at(m, r)
+    cdef float dot
     if floating is double or m.storage == STORED_NATIVE:
         return finish(acc, <const floating*> w, x, n_vec, m.n_cols)
     elif m.storage == STORED_BF16:
@@ -285,7 +295,10 @@ cdef inline floating finish_row(const StoredMatrix* m, Py_ssize_t r, const float
     elif m.storage == STORED_F16:
         return ef_finish_f16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
     else:
-        return ef_finish_i8(acc, <const signed char*> w, x, n_vec, m.n_cols) * m.scales[r]
+        dot = ef_finish_i8(acc, <const signed char*> w, x, n_vec, m.n_cols)
+        if isfinite(dot):
+            return dot * m.scales[r]
+        return ef_dot_dequantized_i8(<const signed char*> w, m.scales[r], x, n_vec, m.n_cols)
 
 
 # ---------------------------------------------------------------------------

@@ -268,6 +268,35 @@ def test_equal_lm_head_rows_give_equal_logits_and_lower_ids(weight_dtype):
                 assert top == np.flatnonzero(row == row.max())[0]
 
 
+@pytest.mark.parametrize("weight_dtype", LOW)
+def test_low_precision_is_the_float32_kernel_on_the_dequantized_weights(weight_dtype):
+    """bfloat16/float16 weights convert exactly to float32, so the head's
+    results are bit for bit those of a float32 head on the decoded weights
+    (decoded here with NumPy) -- vector lanes and tail columns alike, single
+    states and batches.  Int8 likewise with power-of-two row scales (then
+    scale * (q . x) is exactly the dot product with the dequantized row)."""
+    rng = np.random.default_rng(104)
+    for d_model, d_proj, vocab in [(13, 21, 301), (67, 75, 4003), (1101, 1030, 37)]:
+        W, b, L = random_head(rng, d_model, d_proj, vocab, lm_scale=3.0)
+        if weight_dtype == "int8":
+            scales = [2.0 ** rng.integers(-9, -5, n).astype(np.float32) for n in (d_proj, vocab)]
+            head = DraftHead.from_stored(
+                "int8", rng.integers(-127, 128, W.shape).astype(np.int8), b.astype(np.float32),
+                rng.integers(-127, 128, L.shape).astype(np.int8),
+                projection_scales=scales[0], lm_head_scales=scales[1])
+        else:
+            head = DraftHead(W, b, L, weight_dtype=weight_dtype)
+        W64, b64, L64 = dequantized(head)
+        reference = DraftHead(W64.astype(np.float32), b64.astype(np.float32),
+                              L64.astype(np.float32))
+        assert np.array_equal(reference.projection_weight.astype(np.float64), W64)
+        pool = rng.standard_normal((9, d_model)).astype(np.float32)
+        for states in (pool[0], pool[:4], pool):
+            for num_threads in (1, 2):
+                kw = dict(top_k=3, temperature=0.7, num_threads=num_threads)
+                assert_same_results(full(head, states, **kw), full(reference, states, **kw))
+
+
 # ---------------------------------------------------------------------------
 # 3. Encodings.
 # ---------------------------------------------------------------------------

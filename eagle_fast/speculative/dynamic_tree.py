@@ -47,6 +47,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _backend
+from .._validation import aligned
 from .tree import DraftTree
 
 __all__ = ["dynamic_tree", "max_dynamic_tree_tokens"]
@@ -101,8 +102,8 @@ def _row_topk(kernel: Any, rows: np.ndarray, k: int, ids: np.ndarray, vals: np.n
     row when ``vector``). Returns the largest entry."""
     if rows.dtype == np.float16:
         rows = rows.astype(np.float32)
-    elif not rows.flags.c_contiguous:
-        rows = np.ascontiguousarray(rows)
+    elif not (rows.flags.c_contiguous and rows.flags.aligned):
+        rows = aligned(np.ascontiguousarray(rows))  # the kernel reads rows in place
     top = kernel.row_topk(rows, k, ids, vals)  # the largest entry, NaN if any
     if top != top:
         where = np.argwhere(np.isnan(rows))[0][1 if vector else 0:]
