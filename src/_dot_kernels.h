@@ -315,14 +315,16 @@ static inline void ef_gload_q4(ef_q4_row row, ptrdiff_t j, ef_f32x8* w)
 {
     ef_f32x8 s = (ef_f32x8) {0} + ef_half_to_f32(row.d[j / EF_GROUP]);
 #if defined(__AVX2__)
+    /* code * scale - 8 * scale: the product and the difference are exact
+     * (the result, (code - 8) * scale, is a float32), fused or not. */
+    ef_f32x8 m = s * -8.0f;
     __m128i v = _mm_loadu_si128((const __m128i*) (row.q + j / 2));
-    __m128i nib = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
-    __m128i lo = _mm_sub_epi8(_mm_and_si128(v, nib), eight);
-    __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), nib), eight);
-    w[0] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)) * s;
-    w[1] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))) * s;
-    w[2] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)) * s;
-    w[3] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))) * s;
+    __m128i nib = _mm_set1_epi8(0x0F);
+    __m128i lo = _mm_and_si128(v, nib), hi = _mm_and_si128(_mm_srli_epi16(v, 4), nib);
+    w[0] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)) * s + m;
+    w[1] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))) * s + m;
+    w[2] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)) * s + m;
+    w[3] = (ef_f32x8) _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))) * s + m;
 #else
     signed char codes[EF_GROUP];
     ef_q4_codes(row.q + j / 2, codes);
