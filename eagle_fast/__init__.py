@@ -20,7 +20,10 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
   EAGLE-2 dynamic trees (:func:`dynamic_tree`); verification
   (:func:`verify_greedy`, lossless :func:`verify_sampling`,
   :func:`verify_chain`, :func:`verify_typical` -> :class:`Verification`) and
-  :class:`AcceptanceStats` (tau, per-depth acceptance rates).
+  :class:`AcceptanceStats` (tau, per-depth acceptance rates); the loop
+  :func:`generate` over a :class:`Target` (``eagle_fast.integrations.
+  transformers.TransformersTarget`` wraps a transformers model) and a
+  :class:`Drafter`.
 * ``backend`` -- ``"compiled"`` (fused Cython/OpenMP kernels) or ``"python"``
   (the fallback); :func:`build_info` tells how the kernels were built.
   Set ``EAGLE_FAST_BACKEND=python`` before import to force the fallback;
@@ -40,10 +43,15 @@ from ._spec import eagle_draft_from_hidden
 from ._storage import WEIGHT_DTYPES
 from .speculative import (
     AcceptanceStats,
+    Drafter,
     DraftTree,
+    GenerationResult,
+    Target,
+    TargetOutput,
     TreeTemplate,
     Verification,
     dynamic_tree,
+    generate,
     verify_chain,
     verify_greedy,
     verify_sampling,
@@ -56,6 +64,7 @@ __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "WEIGHT_DTYPES", "DraftTree", "TreeTemplate", "dynamic_tree",
            "Verification", "verify_greedy", "verify_sampling", "verify_chain",
            "verify_typical", "AcceptanceStats",
+           "generate", "GenerationResult", "Target", "TargetOutput", "Drafter",
            "eagle_draft_from_hidden", "build_info", "backend"]
 
 
