@@ -40,6 +40,7 @@ from ._compare import Comparison, compare
 from ._head import DraftHead, DraftResult, predict
 from ._medusa import MedusaHeads
 from ._spec import eagle_draft_from_hidden
+from .models import EagleDrafter
 from ._storage import WEIGHT_DTYPES
 from .speculative import (
     AcceptanceStats,
@@ -61,7 +62,7 @@ from .speculative import (
 __version__ = "0.1.0"
 __all__ = ["DraftHead", "DraftResult", "predict", "MedusaHeads", "load_medusa",
            "CheckpointError", "compare", "Comparison",
-           "WEIGHT_DTYPES", "DraftTree", "TreeTemplate", "dynamic_tree",
+           "WEIGHT_DTYPES", "DraftTree", "TreeTemplate", "dynamic_tree", "EagleDrafter",
            "Verification", "verify_greedy", "verify_sampling", "verify_chain",
            "verify_typical", "AcceptanceStats",
            "generate", "GenerationResult", "Target", "TargetOutput", "Drafter",

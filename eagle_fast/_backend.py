@@ -46,6 +46,8 @@ KERNEL_MODULES: dict[str, tuple[str, str, bool]] = {
     "tree": ("speculative._tree_kernel", "speculative._tree_py", True),
     # tree verification (eagle_fast.speculative.verify)
     "verify": ("speculative._verify_kernel", "speculative._verify_py", True),
+    # EAGLE draft models' decoder-layer ops (eagle_fast.models).
+    "layers": ("models._layer_kernel", "models._layers_py", True),
 }
 
 

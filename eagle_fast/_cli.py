@@ -1,4 +1,4 @@
-"""``eagle-fast`` command line: ``info``, ``demo`` and ``inspect``."""
+"""``eagle-fast`` command line: ``info``, ``demo``, ``inspect`` and ``convert``."""
 
 from __future__ import annotations
 
@@ -432,8 +432,58 @@ def _bytes_text(n: int) -> str:
     return f"{n} B"
 
 
+def _eagle_text(info: dict[str, Any]) -> str:
+    kind = "EAGLE-3" if info["kind"] == "eagle3" else "EAGLE-1/2"
+    text = (f"{kind} draft model: hidden_size={info['hidden_size']}, "
+            f"layers={info['num_hidden_layers']}, intermediate_size="
+            f"{info['intermediate_size']}, q/kv rows={info['q_rows']}/{info['kv_rows']}")
+    if info["kind"] == "eagle3":
+        text += (f", input (3 x target hidden)={info['input_size']}, draft vocabulary="
+                 f"{info['draft_vocab_size']}" + (", d2t" if info["has_d2t"] else ""))
+    else:
+        text += ", fc bias" if info["fc_bias"] else ", no fc bias"
+        text += "; needs the target's LM head"
+    if not info["has_embed_tokens"]:
+        text += "; needs the target's embed_tokens"
+    return text
+
+
+def inspect_eagle_command(path: str, as_json: bool) -> bool:
+    """Describe an EAGLE checkpoint (folder or file); False if it is not one."""
+    from .models.eagle import inspect_eagle
+
+    info = inspect_eagle(path)
+    if info is None:
+        return False
+    if as_json:
+        print(json.dumps(info, indent=2, default=str))
+        return True
+    print(f"{info['path']}: {info['files']}, {_bytes_text(info['bytes'])}")
+    print(f"  format: {_eagle_text(info)}")
+    print(f"  dtypes: {', '.join(info['dtypes'])}")
+    if info["config"] is not None:
+        c = info["config"]
+        print(f"  config: heads={c['num_attention_heads']}/{c['num_key_value_heads']}, "
+              f"head_dim={c['head_dim']}, vocab_size={c['vocab_size']}, "
+              f"rope_theta={c['rope_theta']:g}, rope scaling={c['rope_scaling_factor']:g}, "
+              f"rms_norm_eps={c['rms_norm_eps']:g}")
+    elif info["config_error"] is not None:
+        print(f"  config: INVALID: {info['config_error']}")
+    else:
+        print("  config: none beside the file (EagleDrafter.load needs config=)")
+    return True
+
+
 def inspect_command(path: str, as_json: bool) -> None:
+    from pathlib import Path
+
+    if Path(path).is_dir():
+        if not inspect_eagle_command(path, as_json):
+            raise CheckpointError(f"{path}: not an EAGLE checkpoint folder")
+        return
     info = inspect_checkpoint(path)
+    if info["format"] == "unknown" and inspect_eagle_command(path, as_json):
+        return
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -499,6 +549,14 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                     "dtypes, bytes), read from its header alone.")
     inspect_parser.add_argument("path", metavar="PATH")
     inspect_parser.add_argument("--json", action="store_true", help="print JSON")
+    convert_parser = commands.add_parser(
+        "convert", help="write a PyTorch checkpoint (pytorch_model.bin, or a folder with it) "
+                        "as safetensors, bit for bit (needs torch)",
+        description="Write a PyTorch checkpoint (pytorch_model.bin, or a folder with it) "
+                    "as safetensors, bit for bit (needs torch).")
+    convert_parser.add_argument("path", metavar="PATH")
+    convert_parser.add_argument("--output", metavar="OUT", default=None,
+                                help="default: model.safetensors beside the .bin")
     return parser, demo_parser
 
 
@@ -520,6 +578,11 @@ def _run(argv: Optional[Sequence[str]]) -> int:
             print(json.dumps(build_info(), indent=2))
         elif args.command == "inspect":
             inspect_command(args.path, args.json)
+        elif args.command == "convert":
+            from .models.eagle import convert_checkpoint
+
+            written = convert_checkpoint(args.path, args.output)
+            print(f"wrote {written}")
         elif args.checkpoint is not None:
             demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
         else:

@@ -1,0 +1,595 @@
+"""EagleDrafter (EAGLE-1/2 and EAGLE-3) against the independent float64
+reference in eagle_reference.py: outputs, log-probs, trees, KV-cache reuse,
+checkpoints in the published key layouts, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import eagle_fast
+from eagle_fast import CheckpointError, EagleDrafter
+from eagle_reference import Reference
+
+safetensors = pytest.importorskip("safetensors")
+
+D, HEADS, KV, INTER, VOCAB = 16, 4, 2, 24, 40
+HD = D // HEADS
+D_TARGET, DRAFT_VOCAB = 12, 30
+
+
+def eagle1_weights(rng, layers=1, bias=True, qkv_bias=False, scale=0.3):
+    w = {"fc.weight": rng.normal(0, scale, (D, 2 * D))}
+    if bias:
+        w["fc.bias"] = rng.normal(0, 0.1, D)
+    for i in range(layers):
+        p = f"layers.{i}."
+        w[p + "self_attn.q_proj.weight"] = rng.normal(0, scale, (HEADS * HD, D))
+        w[p + "self_attn.k_proj.weight"] = rng.normal(0, scale, (KV * HD, D))
+        w[p + "self_attn.v_proj.weight"] = rng.normal(0, scale, (KV * HD, D))
+        if qkv_bias:
+            w[p + "self_attn.q_proj.bias"] = rng.normal(0, 0.1, HEADS * HD)
+            w[p + "self_attn.k_proj.bias"] = rng.normal(0, 0.1, KV * HD)
+            w[p + "self_attn.v_proj.bias"] = rng.normal(0, 0.1, KV * HD)
+        w[p + "self_attn.o_proj.weight"] = rng.normal(0, scale, (D, HEADS * HD))
+        w[p + "mlp.gate_proj.weight"] = rng.normal(0, scale, (INTER, D))
+        w[p + "mlp.up_proj.weight"] = rng.normal(0, scale, (INTER, D))
+        w[p + "mlp.down_proj.weight"] = rng.normal(0, scale, (D, INTER))
+        w[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, D)
+        if i > 0:
+            w[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, D)
+    w["embed_tokens.weight"] = rng.normal(0, 1.0, (VOCAB, D))
+    return w
+
+
+def eagle1_config(layers=1, bias=True, qkv_bias=False, theta=10000.0, scaling=None):
+    c = {"architectures": ["LlamaForCausalLM"], "hidden_size": D, "intermediate_size": INTER,
+         "num_attention_heads": HEADS, "num_key_value_heads": KV, "num_hidden_layers": layers,
+         "vocab_size": VOCAB, "rms_norm_eps": 1e-6, "rope_theta": theta, "hidden_act": "silu",
+         "max_position_embeddings": 2048, "bias": bias}
+    if qkv_bias:
+        c["qkv_bias"] = True
+    if scaling is not None:
+        c["rope_scaling"] = {"type": "linear", "factor": scaling}
+    return c
+
+
+def eagle3_weights(rng, scale=0.3, draft_vocab=DRAFT_VOCAB):
+    w = {"fc.weight": rng.normal(0, scale, (D, 3 * D_TARGET))}
+    p = "midlayer."
+    w[p + "self_attn.q_proj.weight"] = rng.normal(0, scale, (HEADS * HD, 2 * D))
+    w[p + "self_attn.k_proj.weight"] = rng.normal(0, scale, (KV * HD, 2 * D))
+    w[p + "self_attn.v_proj.weight"] = rng.normal(0, scale, (KV * HD, 2 * D))
+    w[p + "self_attn.o_proj.weight"] = rng.normal(0, scale, (D, HEADS * HD))
+    w[p + "mlp.gate_proj.weight"] = rng.normal(0, scale, (INTER, D))
+    w[p + "mlp.up_proj.weight"] = rng.normal(0, scale, (INTER, D))
+    w[p + "mlp.down_proj.weight"] = rng.normal(0, scale, (D, INTER))
+    w[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, D)
+    w[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, D)
+    w[p + "hidden_norm.weight"] = 1 + rng.normal(0, 0.1, D)
+    w["norm.weight"] = 1 + rng.normal(0, 0.1, D)
+    w["lm_head.weight"] = rng.normal(0, 1.0, (draft_vocab, D))
+    targets = np.sort(rng.choice(VOCAB, draft_vocab, replace=False))
+    w["d2t"] = (targets - np.arange(draft_vocab)).astype(np.int64)
+    t2d = np.zeros(VOCAB, dtype=bool)
+    t2d[targets] = True
+    w["t2d"] = t2d
+    w["embed_tokens.weight"] = rng.normal(0, 1.0, (VOCAB, D))
+    return w
+
+
+def eagle3_config(draft_vocab=DRAFT_VOCAB):
+    return {"architectures": ["LlamaForCausalLMEagle3"], "hidden_size": D,
+            "intermediate_size": INTER, "num_attention_heads": HEADS,
+            "num_key_value_heads": KV, "num_hidden_layers": 1, "vocab_size": VOCAB,
+            "draft_vocab_size": draft_vocab, "target_hidden_size": D_TARGET,
+            "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu",
+            "max_position_embeddings": 2048}
+
+
+def reference_for(weights, config, lm_head=None):
+    kind = "eagle3" if "draft_vocab_size" in config else "eagle"
+    scaling = config.get("rope_scaling") or {}
+    cfg = {"kind": kind, "d": D, "heads": HEADS, "kv_heads": KV, "hd": HD,
+           "layers": config["num_hidden_layers"], "eps": config["rms_norm_eps"],
+           "theta": config["rope_theta"], "factor": scaling.get("factor", 1.0)}
+    w = {k: v for k, v in weights.items() if k != "embed_tokens.weight"}
+    w["embed"] = weights["embed_tokens.weight"]
+    if lm_head is not None:
+        w["lm_head"] = lm_head
+    return Reference(cfg, w)
+
+
+def sequence(rng, n_tokens, width):
+    ids = rng.integers(0, VOCAB, n_tokens)
+    hidden = rng.normal(0, 1.0, (n_tokens - 1, width))
+    return hidden, ids
+
+
+# -- the forward pass against the reference --------------------------------------------
+
+
+@pytest.mark.parametrize("layers,bias,qkv_bias,scaling", [
+    (1, True, False, None), (2, False, True, 2.0), (1, True, False, 4.0)])
+def test_eagle1_logprobs_match_reference(layers, bias, qkv_bias, scaling):
+    rng = np.random.default_rng(1)
+    w = eagle1_weights(rng, layers, bias, qkv_bias)
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    config = eagle1_config(layers, bias, qkv_bias, scaling=scaling)
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+    assert drafter.kind == "eagle"
+    ref = reference_for(w, config, lm)
+    hidden, ids = sequence(rng, 9, D)
+    out, lp = drafter.step_logprobs(hidden, ids)
+    ref_out = ref.outputs(list(hidden), list(ids[1:]))
+    np.testing.assert_allclose(out, ref_out[-1], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(lp, ref.logprobs(ref_out[-1]), rtol=1e-10, atol=1e-10)
+
+
+def test_eagle3_logprobs_match_reference():
+    rng = np.random.default_rng(2)
+    w = eagle3_weights(rng)
+    config = eagle3_config()
+    drafter = EagleDrafter.from_state_dict(w, config, dtype=np.float64)
+    assert drafter.kind == "eagle3" and drafter.input_size == 3 * D_TARGET
+    ref = reference_for(w, config)
+    hidden, ids = sequence(rng, 8, 3 * D_TARGET)
+    out, lp = drafter.step_logprobs(hidden, ids)
+    ref_out = ref.outputs(list(hidden), list(ids[1:]))
+    np.testing.assert_allclose(out, ref_out[-1], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(lp, ref.logprobs(ref_out[-1]), rtol=1e-10, atol=1e-10)
+    assert lp.shape == (DRAFT_VOCAB,)
+
+
+def test_reference_is_sensitive_to_the_details():
+    """The reference (and so the tests) tell the skipped layer-0 norm, the
+    fc, the cat order and RoPE apart: breaking one changes the output."""
+    rng = np.random.default_rng(3)
+    w = eagle3_weights(rng)
+    config = eagle3_config()
+    hidden, ids = sequence(rng, 6, 3 * D_TARGET)
+    base = reference_for(w, config).outputs(list(hidden), list(ids[1:]))[-1]
+    swapped = dict(w)
+    swapped["midlayer.input_layernorm.weight"] = w["midlayer.hidden_norm.weight"]
+    swapped["midlayer.hidden_norm.weight"] = w["midlayer.input_layernorm.weight"]
+    other = reference_for(swapped, config).outputs(list(hidden), list(ids[1:]))[-1]
+    assert np.abs(other - base).max() > 1e-3
+    c = dict(config, rope_theta=10000.0)
+    other = reference_for(w, c).outputs(list(hidden), list(ids[1:]))[-1]
+    assert np.abs(other - base).max() > 1e-3
+
+
+def test_float32_and_low_precision_follow_float64():
+    rng = np.random.default_rng(4)
+    w = eagle1_weights(rng, 1)
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    config = eagle1_config(1)
+    hidden, ids = sequence(rng, 7, D)
+    exact = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+    _, lp64 = exact.step_logprobs(hidden, ids)
+    f32 = EagleDrafter.from_state_dict(w, config, lm_head=lm)
+    _, lp32 = f32.step_logprobs(hidden, ids)
+    assert lp32.dtype == np.float32
+    np.testing.assert_allclose(lp32, lp64, atol=2e-4)
+    for weight_dtype, tol in (("bfloat16", 0.03), ("float16", 0.003), ("int8", 0.03)):
+        low = EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype=weight_dtype)
+        assert set(low.weight_dtypes.values()) == {weight_dtype}
+        _, lp = low.step_logprobs(hidden, ids)
+        np.testing.assert_allclose(np.exp(lp), np.exp(lp64), atol=tol)
+    with pytest.raises(ValueError, match="float32"):
+        EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype="int8",
+                                     dtype=np.float64)
+
+
+# -- trees -------------------------------------------------------------------------------
+
+
+def assert_tree(tree, tokens, parents):
+    assert tree.tokens.tolist() == tokens
+    assert tree.parents.tolist() == parents
+
+
+@pytest.mark.parametrize("top_k,depth,total", [(3, 3, 16), (2, 2, 5), (4, 1, 21), (1, 4, 6),
+                                               (6, 11, 40)])
+def test_eagle1_tree_matches_exhaustive_rebuild(top_k, depth, total):
+    rng = np.random.default_rng(5 + top_k)
+    w = eagle1_weights(rng, 1)
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    config = eagle1_config(1)
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+    hidden, ids = sequence(rng, 7, D)
+    tree = drafter.draft_tree(hidden, ids, top_k=top_k, depth=depth, total_tokens=total)
+    ref_tokens, ref_parents = reference_for(w, config, lm).tree(hidden, list(ids), top_k, depth,
+                                                                 total)
+    assert_tree(tree, ref_tokens, ref_parents)
+    assert tree.num_nodes == total
+    assert drafter.prefix_length == 6   # tree nodes are not kept
+    # (6, 11, 40): the tree's 66 cache rows outgrow the cache's first allocation
+    # mid-tree; the rows of earlier depths must survive the growth.
+
+
+def test_eagle3_tree_maps_through_d2t_and_matches_rebuild():
+    rng = np.random.default_rng(6)
+    w = eagle3_weights(rng)
+    config = eagle3_config()
+    drafter = EagleDrafter.from_state_dict(w, config, dtype=np.float64)
+    hidden, ids = sequence(rng, 6, 3 * D_TARGET)
+    tree = drafter.draft_tree(hidden, ids, top_k=3, depth=3, total_tokens=14)
+    ref_tokens, ref_parents = reference_for(w, config).tree(hidden, list(ids), 3, 3, 14)
+    assert_tree(tree, ref_tokens, ref_parents)
+    targets = set((np.arange(DRAFT_VOCAB) + w["d2t"]).tolist())
+    assert set(tree.tokens[1:].tolist()) <= targets
+
+
+def test_float32_tree_equals_float64_tree():
+    rng = np.random.default_rng(7)
+    w = eagle1_weights(rng, 1)
+    lm = rng.normal(0, 3.0, (VOCAB, D))
+    config = eagle1_config(1)
+    hidden, ids = sequence(rng, 7, D)
+    t64 = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64).draft_tree(
+        hidden, ids, top_k=3, depth=2, total_tokens=10)
+    t32 = EagleDrafter.from_state_dict(w, config, lm_head=lm).draft_tree(
+        hidden, ids, top_k=3, depth=2, total_tokens=10)
+    assert t32 == DraftTreeLike(t64)
+
+
+class DraftTreeLike:
+    def __init__(self, tree):
+        self.tree = tree
+
+    def __eq__(self, other):
+        return (other.tokens.tolist() == self.tree.tokens.tolist()
+                and other.parents.tolist() == self.tree.parents.tolist())
+
+
+def test_chain_is_greedy():
+    rng = np.random.default_rng(8)
+    w = eagle1_weights(rng, 1)
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    config = eagle1_config(1)
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+    ref = reference_for(w, config, lm)
+    hidden, ids = sequence(rng, 6, D)
+    chain = drafter.draft_chain(hidden, ids, 4)
+    feats, toks = list(hidden), list(ids[1:])
+    expected = [int(ids[-1])]
+    for _ in range(4):
+        out = ref.outputs(feats, toks)[-1]
+        token = int(np.argmax(ref.logprobs(out)))
+        expected.append(token)
+        feats.append(out)
+        toks.append(token)
+    assert chain.tokens.tolist() == expected
+    assert chain.parents.tolist() == [-1, 0, 1, 2, 3]
+
+
+# -- the KV cache ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+def test_kv_cache_reuse_equals_fresh_recomputation(kind):
+    rng = np.random.default_rng(9)
+    if kind == "eagle":
+        w, config = eagle1_weights(rng, 2), eagle1_config(2)
+        lm, width = rng.normal(0, 1.0, (VOCAB, D)), D
+    else:
+        w, config, lm, width = eagle3_weights(rng), eagle3_config(), None, 3 * D_TARGET
+    hidden, ids = sequence(rng, 14, width)
+    cached = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+    # Three calls, as a decoding loop makes them: 6, then 3, then 4 new positions.
+    for stop in (7, 10, 14):
+        tree = cached.draft_tree(hidden[cached.prefix_length:stop - 1], ids[:stop],
+                                 top_k=3, depth=2, total_tokens=12)
+        fresh = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+        expected = fresh.draft_tree(hidden[:stop - 1], ids[:stop], top_k=3, depth=2,
+                                    total_tokens=12)
+        assert tree.tokens.tolist() == expected.tokens.tolist()
+        assert tree.parents.tolist() == expected.parents.tolist()
+        np.testing.assert_allclose(tree.scores, expected.scores, rtol=1e-12, atol=1e-12)
+        assert cached.prefix_length == stop - 1
+    _, lp_cached = cached.step_logprobs(rng.normal(0, 1, (1, width)), np.append(ids, 3))
+    cached.reset()
+    assert cached.prefix_length == 0
+
+
+def test_inputs_must_continue_the_cached_sequence():
+    rng = np.random.default_rng(10)
+    w, config = eagle1_weights(rng, 1), eagle1_config(1)
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm)
+    hidden, ids = sequence(rng, 8, D)
+    drafter.draft_tree(hidden[:4], ids[:5], top_k=2, depth=1, total_tokens=4)
+    with pytest.raises(ValueError, match="rows"):
+        drafter.draft_tree(hidden[:4], ids, top_k=2, depth=1, total_tokens=4)
+    other = ids.copy()
+    other[2] = (other[2] + 1) % VOCAB
+    with pytest.raises(ValueError, match="continue"):
+        drafter.draft_tree(hidden[4:], other, top_k=2, depth=1, total_tokens=4)
+    with pytest.raises(ValueError, match="NaN"):
+        bad = hidden[4:].copy()
+        bad[0, 0] = np.nan
+        drafter.draft_tree(bad, ids, top_k=2, depth=1, total_tokens=4)
+    with pytest.raises(ValueError, match="total_tokens"):
+        drafter.draft_tree(hidden[4:], ids, top_k=2, depth=1, total_tokens=8)
+    with pytest.raises(ValueError, match="shape"):
+        drafter.draft_tree(hidden[4:, :5], ids, top_k=2, depth=1, total_tokens=4)
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+
+def bf16_bits(values):
+    bits = np.asarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_values(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def write_raw(path, tensors):
+    """``{name: (file dtype, array)}`` through safetensors' serialize_file."""
+    names = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+             "I64": "int64", "BOOL": "bool"}
+    keep, specs = [], {}
+    for name, (dtype, array) in tensors.items():
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+        keep.append(array)
+        if hasattr(safetensors, "TensorSpec"):
+            specs[name] = safetensors.TensorSpec(dtype=names[dtype], shape=array.shape,
+                                                 data_ptr=array.ctypes.data,
+                                                 data_len=array.nbytes)
+        else:
+            specs[name] = {"dtype": names[dtype], "shape": list(array.shape),
+                           "data": array.tobytes()}
+    safetensors.serialize_file(specs, str(path))
+
+
+def file_tensors(weights, file_dtype):
+    out = {}
+    for k, v in weights.items():
+        v = np.asarray(v)
+        if v.dtype.kind == "b":
+            out[k] = ("BOOL", v)
+        elif v.dtype.kind in "iu":
+            out[k] = ("I64", v.astype(np.int64))
+        elif file_dtype == "BF16":
+            out[k] = ("BF16", bf16_bits(v))
+        else:
+            out[k] = (file_dtype, v.astype({"F32": np.float32, "F64": np.float64}[file_dtype]))
+    return out
+
+
+def rounded(weights, file_dtype):
+    """The float64 values a file of ``file_dtype`` holds."""
+    def one(v):
+        if np.asarray(v).dtype.kind != "f":
+            return v
+        if file_dtype == "BF16":
+            return bf16_values(bf16_bits(v))
+        return np.asarray(v, dtype=np.float32).astype(np.float64)
+    return {k: one(v) for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("file_dtype", ["F32", "BF16"])
+def test_eagle1_folder_with_target_lm_head_file(tmp_path, file_dtype):
+    rng = np.random.default_rng(11)
+    w = eagle1_weights(rng, 1)
+    embed = w.pop("embed_tokens.weight")
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    folder = tmp_path / "eagle"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(eagle1_config(1)))
+    write_raw(folder / "model.safetensors", file_tensors(w, file_dtype))
+    target = tmp_path / "target.safetensors"
+    write_raw(target, {"lm_head.weight": ("BF16", bf16_bits(lm)),
+                       "model.embed_tokens.weight": ("BF16", bf16_bits(embed)),
+                       "model.norm.weight": ("F32", np.ones(D, np.float32))})
+    drafter = EagleDrafter.load(folder, lm_head=target, embed_tokens=target, dtype=np.float64)
+    exact = rounded(dict(w, **{"embed_tokens.weight": embed}), file_dtype)
+    exact["embed_tokens.weight"] = bf16_values(bf16_bits(embed))
+    ref = reference_for(exact, eagle1_config(1), bf16_values(bf16_bits(lm)))
+    hidden, ids = sequence(rng, 6, D)
+    out, lp = drafter.step_logprobs(hidden, ids)
+    ref_out = ref.outputs(list(hidden), list(ids[1:]))[-1]
+    np.testing.assert_allclose(lp, ref.logprobs(ref_out), rtol=1e-9, atol=1e-9)
+    # float32 compute keeps BF16 files as bfloat16, bit for bit.
+    f32 = EagleDrafter.load(folder, lm_head=target, embed_tokens=target)
+    expected_storage = "bfloat16" if file_dtype == "BF16" else "float32"
+    assert f32.weight_dtypes["fc"] == expected_storage
+    assert f32.weight_dtypes["lm_head"] == "bfloat16"
+
+
+def test_eagle3_single_file_with_config(tmp_path):
+    rng = np.random.default_rng(12)
+    w = eagle3_weights(rng)
+    path = tmp_path / "eagle3.safetensors"
+    write_raw(path, file_tensors(w, "BF16"))
+    cfg_path = tmp_path / "other.json"
+    cfg_path.write_text(json.dumps(eagle3_config()))
+    drafter = EagleDrafter.load(path, config=cfg_path, dtype=np.float64)
+    ref = reference_for(rounded(w, "BF16"), eagle3_config())
+    hidden, ids = sequence(rng, 5, 3 * D_TARGET)
+    tree = drafter.draft_tree(hidden, ids, top_k=2, depth=2, total_tokens=7)
+    assert_tree(tree, *ref.tree(hidden, list(ids), 2, 2, 7))
+
+
+def test_pytorch_bin_needs_torch_or_loads(tmp_path):
+    rng = np.random.default_rng(13)
+    w = eagle1_weights(rng, 1)
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(eagle1_config(1)))
+    try:
+        import torch
+    except ImportError:
+        (folder / "pytorch_model.bin").write_bytes(b"not really")
+        with pytest.raises(ImportError, match="convert"):
+            EagleDrafter.load(folder, lm_head=lm)
+        return
+    torch.save({k: torch.tensor(v) for k, v in w.items()}, folder / "pytorch_model.bin")
+    drafter = EagleDrafter.load(folder, lm_head=lm, dtype=np.float64)
+    ref = reference_for(w, eagle1_config(1), lm)
+    hidden, ids = sequence(rng, 5, D)
+    _, lp = drafter.step_logprobs(hidden, ids)
+    np.testing.assert_allclose(lp, ref.logprobs(ref.outputs(list(hidden), list(ids[1:]))[-1]),
+                               atol=1e-10)
+
+
+def _write_eagle1(tmp_path, w, config):
+    folder = tmp_path / "ck"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    write_raw(folder / "model.safetensors", file_tensors(w, "F32"))
+    return folder
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda w, c: w.pop("layers.0.mlp.up_proj.weight"), "missing tensor"),
+    (lambda w, c: w.update({"layers.0.self_attn.k_proj.weight": np.zeros((HEADS * HD, D))}),
+     "k_proj.weight.*shape"),
+    (lambda w, c: w.update({"layers.0.extra.weight": np.zeros((2, 2))}), "unexpected"),
+    (lambda w, c: w.update({"layers.0.input_layernorm.weight": np.ones(D)}), "no input norm"),
+    (lambda w, c: c.update({"num_key_value_heads": 3}), "multiple"),
+    (lambda w, c: c.update({"hidden_size": 32}), "fc.weight"),
+    (lambda w, c: c.update({"bias": False}), "fc.bias"),
+    (lambda w, c: c.update({"hidden_act": "gelu"}), "silu"),
+    (lambda w, c: c.update({"rope_scaling": {"type": "yarn", "factor": 2}}), "rope_scaling"),
+])
+def test_bad_eagle1_checkpoints(tmp_path, change, match):
+    rng = np.random.default_rng(14)
+    w = eagle1_weights(rng, 1)
+    config = eagle1_config(1)
+    change(w, config)
+    folder = _write_eagle1(tmp_path, w, config)
+    with pytest.raises(CheckpointError, match=match):
+        EagleDrafter.load(folder, lm_head=np.zeros((VOCAB, D)))
+
+
+def test_wrong_lm_head_and_missing_lm_head(tmp_path):
+    rng = np.random.default_rng(15)
+    w = eagle1_weights(rng, 1)
+    folder = _write_eagle1(tmp_path, w, eagle1_config(1))
+    with pytest.raises(CheckpointError, match="lm_head"):
+        EagleDrafter.load(folder, lm_head=np.zeros((VOCAB + 1, D)))
+    with pytest.raises(CheckpointError, match="LM head"):
+        EagleDrafter.load(folder)
+    w.pop("embed_tokens.weight")
+    folder = _write_eagle1(tmp_path, w, eagle1_config(1))
+    with pytest.raises(CheckpointError, match="embed_tokens"):
+        EagleDrafter.load(folder, lm_head=np.zeros((VOCAB, D)))
+    with pytest.raises(CheckpointError, match="lm_head.weight"):
+        bad = tmp_path / "t.safetensors"
+        write_raw(bad, {"x": ("F32", np.zeros(3, np.float32))})
+        EagleDrafter.load(folder, lm_head=bad)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda w, c: w.update({"d2t": w["d2t"][:-1]}), "d2t"),
+    (lambda w, c: w.update({"d2t": np.zeros(DRAFT_VOCAB, np.int64) + VOCAB}), "outside"),
+    (lambda w, c: w.pop("d2t"), "d2t"),
+    (lambda w, c: w.update({"t2d": ~w["t2d"]}), "t2d"),
+    (lambda w, c: w.update({"lm_head.weight": np.zeros((DRAFT_VOCAB + 1, D))}), "lm_head"),
+    (lambda w, c: w.pop("midlayer.hidden_norm.weight"), "hidden_norm"),
+    (lambda w, c: c.update({"target_hidden_size": D_TARGET + 1}), "fc.weight"),
+])
+def test_bad_eagle3_checkpoints(tmp_path, change, match):
+    rng = np.random.default_rng(16)
+    w = eagle3_weights(rng)
+    config = eagle3_config()
+    change(w, config)
+    path = tmp_path / "e3.safetensors"
+    write_raw(path, file_tensors(w, "F32"))
+    with pytest.raises(CheckpointError, match=match):
+        EagleDrafter.load(path, config=config)
+
+
+def test_corrupted_file_is_a_checkpoint_error(tmp_path):
+    rng = np.random.default_rng(17)
+    folder = _write_eagle1(tmp_path, eagle1_weights(rng, 1), eagle1_config(1))
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[:-10])
+    with pytest.raises(CheckpointError):
+        EagleDrafter.load(folder, lm_head=np.zeros((VOCAB, D)))
+    with pytest.raises(CheckpointError, match="no such"):
+        EagleDrafter.load(tmp_path / "nowhere.safetensors")
+    lone = tmp_path / "lone" / "e.safetensors"
+    lone.parent.mkdir()
+    lone.write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="config="):
+        EagleDrafter.load(lone)
+
+
+def test_exported():
+    assert eagle_fast.EagleDrafter is EagleDrafter
+    assert "EagleDrafter" in eagle_fast.__all__
+
+
+# -- the command line ----------------------------------------------------------------------
+
+
+def test_cli_inspect_recognises_both_kinds(tmp_path, capsys):
+    from eagle_fast._cli import main
+
+    rng = np.random.default_rng(18)
+    folder = _write_eagle1(tmp_path, eagle1_weights(rng, 1), eagle1_config(1))
+    assert main(["inspect", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "EAGLE-1/2 draft model" in out and "hidden_size=16" in out and "LM head" in out
+    e3 = tmp_path / "e3" / "model.safetensors"
+    e3.parent.mkdir()
+    write_raw(e3, file_tensors(eagle3_weights(rng), "BF16"))
+    (e3.parent / "config.json").write_text(json.dumps(eagle3_config()))
+    assert main(["inspect", str(e3)]) == 0
+    out = capsys.readouterr().out
+    assert "EAGLE-3 draft model" in out and f"draft vocabulary={DRAFT_VOCAB}" in out
+    assert "BF16" in out
+    assert main(["inspect", str(e3.parent), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "eagle3"
+
+
+def test_cli_convert_bin_to_safetensors(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    from eagle_fast._cli import main
+
+    rng = np.random.default_rng(19)
+    w = eagle3_weights(rng)
+    folder = tmp_path / "bin3"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(eagle3_config()))
+    state = {k: torch.tensor(v) for k, v in w.items()}
+    state["fc.weight"] = state["fc.weight"].to(torch.bfloat16)
+    torch.save(state, folder / "pytorch_model.bin")
+    assert main(["convert", str(folder)]) == 0
+    assert (folder / "model.safetensors").is_file()
+    from_bin = EagleDrafter.load(folder / "pytorch_model.bin", dtype=np.float64)
+    converted = EagleDrafter.load(folder / "model.safetensors", dtype=np.float64)
+    assert converted.weight_dtypes == from_bin.weight_dtypes
+    hidden, ids = sequence(rng, 5, 3 * D_TARGET)
+    t1 = from_bin.draft_tree(hidden, ids, top_k=2, depth=2, total_tokens=6)
+    t2 = converted.draft_tree(hidden, ids, top_k=2, depth=2, total_tokens=6)
+    assert t1 == t2
+    capsys.readouterr()
+    assert main(["inspect", str(folder / "model.safetensors"), "--json"]) == 0
+    assert "BF16" in json.loads(capsys.readouterr().out)["dtypes"]   # kept bit for bit
+    assert EagleDrafter.load(folder / "model.safetensors").weight_dtypes["fc"] == "bfloat16"
+
+
+def test_eagle3_full_vocabulary_and_torch_inputs():
+    rng = np.random.default_rng(20)
+    w = eagle3_weights(rng, draft_vocab=VOCAB)
+    config = eagle3_config(draft_vocab=VOCAB)
+    drafter = EagleDrafter.from_state_dict(w, config, dtype=np.float64)
+    assert drafter.d2t is None          # a full draft vocabulary is not mapped (as EAGLE)
+    hidden, ids = sequence(rng, 6, 3 * D_TARGET)
+    tree = drafter.draft_tree(hidden, ids, top_k=3, depth=2, total_tokens=9)
+    assert_tree(tree, *reference_for(w, config).tree(hidden, list(ids), 3, 2, 9))
+    torch = pytest.importorskip("torch")
+    again = EagleDrafter.from_state_dict({k: torch.tensor(v) for k, v in w.items()}, config,
+                                         dtype=np.float64)
+    assert again.draft_tree(torch.tensor(hidden)[None], torch.tensor(ids)[None], top_k=3,
+                            depth=2, total_tokens=9) == tree
