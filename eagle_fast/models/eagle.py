@@ -84,34 +84,21 @@ def _read_tensors(path: PathLike, names: Optional[list[str]] = None) -> dict[str
     """The named tensors (all when None) of one safetensors file, through the
     project's checkpoint reader; CheckpointError naming the file on problems.
     (The one place this module reads safetensors data.)"""
-    from .. import _checkpoint
+    from .._safetensors import SafetensorsFile
 
-    header = _checkpoint.read_header(path)
-    if names is None:
-        names = sorted(header.tensors)
-    missing = [n for n in names if n not in header.tensors]
-    if missing:
-        raise header.error(f"missing tensors {missing}")
-    unsupported = [n for n in names if header.tensors[n].dtype not in _RAW_NUMPY]
-    if unsupported:
-        raise header.error("unsupported tensor dtypes: " + ", ".join(
-            f"{n} ({header.tensors[n].dtype})" for n in unsupported))
-    via_reader = [n for n in names if header.tensors[n].dtype in _checkpoint._NUMPY_DTYPES]
-    arrays = _checkpoint._read_tensors(header, via_reader) if via_reader else {}
-    out = {n: RawTensor(a, header.tensors[n].dtype) for n, a in arrays.items()}
-    for name in names:
-        if name in out:
-            continue
-        info = header.tensors[name]
-        with open(header.path, "rb") as f:
-            f.seek(info.start)
-            data = f.read(info.nbytes)
-        if len(data) != info.nbytes:
-            raise header.error(f"truncated while reading tensor {name!r}")
-        little = np.dtype(_RAW_NUMPY[info.dtype])
-        array = np.frombuffer(data, dtype=little).reshape(info.shape)
-        out[name] = RawTensor(array.astype(little.newbyteorder("=")), info.dtype)
-    return out
+    with SafetensorsFile(path) as file:
+        header = file.header
+        if names is None:
+            names = sorted(header.tensors)
+        missing = [n for n in names if n not in header.tensors]
+        if missing:
+            raise header.error(f"missing tensors {missing}")
+        unsupported = [n for n in names if header.tensors[n].dtype not in _RAW_NUMPY]
+        if unsupported:
+            raise header.error("unsupported tensor dtypes: " + ", ".join(
+                f"{n} ({header.tensors[n].dtype})" for n in unsupported))
+        arrays = file.read(names)
+    return {n: RawTensor(arrays[n], header.tensors[n].dtype) for n in names}
 
 
 def _tensor_names(path: PathLike) -> list[str]:
