@@ -1022,14 +1022,7 @@ def _target_tensor(value: Any, what: str, names: tuple[str, ...]) -> Optional[Ra
         raise TypeError(f"{what}: {exc}") from None
 
 
-
-
 # -- inspection and conversion -------------------------------------------------------
-
-
-_SERIALIZE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
-              "BOOL": "bool"}
 
 
 def _headers_of(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int]],
@@ -1110,8 +1103,6 @@ def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None)
     it) as safetensors, every tensor bit for bit (BF16 stays BF16); the
     default destination is ``model.safetensors`` beside it.  Needs torch and
     safetensors.  Returns the written path."""
-    from .. import _checkpoint
-
     source = Path(source)
     if source.is_dir():
         bins = [source / "pytorch_model.bin"] if (source / "pytorch_model.bin").is_file() \
@@ -1127,27 +1118,12 @@ def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None)
         raw.update(read_torch_checkpoint(b))
     target = Path(destination) if destination is not None else bins[0].parent / \
         "model.safetensors"
-    safetensors = _checkpoint._safetensors()
-    keep, specs = [], {}
-    for name, tensor in raw.items():
-        array = np.ascontiguousarray(tensor.values,
-                                     dtype=tensor.values.dtype.newbyteorder("<"))
-        keep.append(array)
-        if hasattr(safetensors, "TensorSpec"):
-            specs[name] = safetensors.TensorSpec(dtype=_SERIALIZE[tensor.file_dtype],
-                                                 shape=array.shape, data_ptr=array.ctypes.data,
-                                                 data_len=array.nbytes)
-        else:
-            specs[name] = {"dtype": _SERIALIZE[tensor.file_dtype], "shape": list(array.shape),
-                           "data": array.tobytes()}
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        safetensors.serialize_file(specs, str(temporary), metadata={"format": "pt"})
-        os.replace(temporary, target)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
+    from .._safetensors import write_safetensors
+
+    arrays = {name: np.ascontiguousarray(tensor.values) for name, tensor in raw.items()}
+    # written atomically, each tensor in its file dtype (BF16 as its bit patterns)
+    write_safetensors(target, arrays, {"format": "pt"},
+                      dtypes={name: tensor.file_dtype for name, tensor in raw.items()})
     return target
 
 
