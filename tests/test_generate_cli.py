@@ -186,3 +186,15 @@ def test_bad_folders_are_errors(folders, capsys, tmp_path):
     assert _cli.main(["generate", "--target", str(target), "--prompt", "x",
                       "--drafter", str(medusa), "--kind", "chain", "--depth", "5"]) == 1
     assert "3 Medusa heads" in capsys.readouterr().err
+
+
+@backend_independent
+def test_long_run_with_progress_bar(folders, capsys):
+    pytest.importorskip("tqdm")
+    target, medusa, _, model, tokenizer = folders
+    n = 70  # above the progress bar's threshold
+    assert _cli.main(["generate", "--target", str(target), "--prompt", PROMPT,
+                      "--drafter", str(medusa), "--max-new-tokens", str(n)]) == 0
+    out, err = capsys.readouterr()
+    assert out == _reference_text(model, tokenizer, n) + "\n"
+    assert "generate:" in err  # the bar's label
