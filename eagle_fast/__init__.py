@@ -13,6 +13,9 @@ token: ``x = SiLU(W h + b)``, ``logits = L x``, ``probs = softmax(logits / T)``.
 * ``DraftHead.save(path)`` / ``DraftHead.load(path)`` and
   :func:`load_medusa` -- safetensors checkpoints (no extra package needed);
   bad files raise :class:`CheckpointError`.
+* :class:`EagleDrafter` -- EAGLE-1/2 and EAGLE-3 draft models (safetensors or
+  ``.bin`` checkpoints in the published layouts) with their own draft KV
+  cache, drafting EAGLE-2 dynamic trees as EAGLE's ``topK_genrate``.
 * :func:`eagle_draft_from_hidden` -- the reference function whose semantics
   the package follows (the README's "reference function"), bit-exact.
 * :mod:`eagle_fast.speculative` -- speculative decoding: :class:`DraftTree`,
