@@ -82,7 +82,17 @@ CPU count): on a busy 2-core machine two PyTorch threads were measured 6x
 slower than one, the OpenMP threads waiting for each other.
 
 ``bench_generate.py`` uses :func:`prepare` (returns an :class:`Artifacts`
-with the paths and the manifest) and :func:`heldout_prompts`.
+with the paths and the manifest) and :func:`heldout_prompts`::
+
+    art = prepare("quick")                       # or "full"; cached
+    target = AutoModelForCausalLM.from_pretrained(art.target_dir)
+    tokenizer = AutoTokenizer.from_pretrained(art.target_dir)
+    medusa = eagle_fast.load_medusa(art.medusa_path)
+    eagle = eagle_fast.EagleDrafter.load(art.eagle_dir, lm_head=art.target_dir)
+    prompts = heldout_prompts(art, 8, 64)        # int64 token arrays, one file each
+
+Positions: the target was trained on windows of ``art.config.target.context``
+tokens; keep prompt + generated tokens within it.
 """
 
 from __future__ import annotations
@@ -265,6 +275,9 @@ class _Stage:
 
     def build(self, make: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         """Run ``make(tmp_folder)`` -> results, then move the folder in place."""
+        for stale in self.folder.parent.glob(f"{self.folder.name}.tmp-*"):
+            if not _pid_alive(stale.name.rsplit("-", 1)[-1]):  # left by a killed run
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = self.folder.with_name(f"{self.folder.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -278,6 +291,18 @@ class _Stage:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return info
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:
+        return False
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _log(progress: bool, message: str) -> None:

@@ -46,13 +46,16 @@ def run(args: list[str], cwd: Path, pythonpath: list[Path], timeout: float = 120
 
 
 def copy_package(parent: Path, extra_files: dict[str, str] = {}) -> Path:  # noqa: B006
-    """The Python files of the package under test (no compiled modules) in
-    ``parent/eagle_fast``, plus ``extra_files`` (name: text) inside it."""
+    """The Python files of the package under test, subpackages included (no
+    compiled modules), in ``parent/eagle_fast``, plus ``extra_files`` (name:
+    text) inside it."""
     target = parent / "eagle_fast"
     target.mkdir(parents=True)
-    for source in PACKAGE_DIR.iterdir():
-        if source.suffix in (".py", ".typed"):
-            shutil.copy2(source, target / source.name)
+    for source in PACKAGE_DIR.rglob("*"):
+        if source.suffix in (".py", ".typed") and "__pycache__" not in source.parts:
+            destination = target / source.relative_to(PACKAGE_DIR)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination)
     for name, text in extra_files.items():
         (target / name).write_text(text)
     return target
