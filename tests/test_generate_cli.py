@@ -198,3 +198,56 @@ def test_long_run_with_progress_bar(folders, capsys):
     out, err = capsys.readouterr()
     assert out == _reference_text(model, tokenizer, n) + "\n"
     assert "generate:" in err  # the bar's label
+
+
+def test_eagle3_drafter_feeds_three_target_layers(folders, capsys, tmp_path):
+    """An EAGLE-3 checkpoint (midlayer.*, its own LM head over a draft
+    vocabulary with d2t, no embedding) on a 7-layer target: the CLI feeds it the
+    target's layers (2, 3, 4) and the target's embedding; the text is the
+    target's own greedy text."""
+    import torch
+    import transformers
+    from safetensors.numpy import save_file
+
+    _, _, _, small, tokenizer = folders
+    vocab, draft_vocab = small.config.vocab_size, 64
+    config = transformers.LlamaConfig(**{**small.config.to_dict(), "num_hidden_layers": 7})
+    torch.manual_seed(1)
+    model = transformers.LlamaForCausalLM(config).float().eval()
+    target = tmp_path / "target7"
+    model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+    rng = np.random.default_rng(1)
+
+    def w(*shape, scale=0.1):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+    p = "midlayer."
+    tensors = {"fc.weight": w(D, 3 * D), "norm.weight": np.ones(D, np.float32),
+               "lm_head.weight": w(draft_vocab, D, scale=1.0),
+               p + "input_layernorm.weight": np.ones(D, np.float32),
+               p + "hidden_norm.weight": np.ones(D, np.float32),
+               p + "post_attention_layernorm.weight": np.ones(D, np.float32),
+               p + "self_attn.o_proj.weight": w(D, D),
+               p + "mlp.gate_proj.weight": w(INTER, D), p + "mlp.up_proj.weight": w(INTER, D),
+               p + "mlp.down_proj.weight": w(D, INTER)}
+    for name in "qkv":
+        tensors[p + f"self_attn.{name}_proj.weight"] = w(D, 2 * D)
+    targets = np.sort(rng.choice(vocab, draft_vocab, replace=False))
+    tensors["d2t"] = (targets - np.arange(draft_vocab)).astype(np.int64)
+    t2d = np.zeros(vocab, dtype=bool)
+    t2d[targets] = True
+    tensors["t2d"] = t2d
+    eagle3 = tmp_path / "eagle3"
+    eagle3.mkdir()
+    save_file(tensors, str(eagle3 / "model.safetensors"))
+    (eagle3 / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLMEagle3"], "hidden_size": D, "intermediate_size": INTER,
+        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "num_hidden_layers": 1,
+        "vocab_size": vocab, "draft_vocab_size": draft_vocab, "target_hidden_size": D,
+        "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu"}))
+    n = 16
+    assert _cli.main(["generate", "--target", str(target), "--drafter", str(eagle3),
+                      "--prompt", PROMPT, "--max-new-tokens", str(n)]) == 0
+    out, err = capsys.readouterr()
+    assert out == _reference_text(model, tokenizer, n) + "\n"
+    assert "EAGLE-3 dynamic tree" in err
