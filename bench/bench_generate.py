@@ -464,6 +464,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"results written to {json_path}")
     if plot(report, plot_path):
         print(f"plot written to {plot_path}")
+    else:
+        print("(matplotlib is not installed: no plot)")
     return 1 if report["greedy_mismatches"] else 0
 
 
