@@ -84,34 +84,21 @@ def _read_tensors(path: PathLike, names: Optional[list[str]] = None) -> dict[str
     """The named tensors (all when None) of one safetensors file, through the
     project's checkpoint reader; CheckpointError naming the file on problems.
     (The one place this module reads safetensors data.)"""
-    from .. import _checkpoint
+    from .._safetensors import SafetensorsFile
 
-    header = _checkpoint.read_header(path)
-    if names is None:
-        names = sorted(header.tensors)
-    missing = [n for n in names if n not in header.tensors]
-    if missing:
-        raise header.error(f"missing tensors {missing}")
-    unsupported = [n for n in names if header.tensors[n].dtype not in _RAW_NUMPY]
-    if unsupported:
-        raise header.error("unsupported tensor dtypes: " + ", ".join(
-            f"{n} ({header.tensors[n].dtype})" for n in unsupported))
-    via_reader = [n for n in names if header.tensors[n].dtype in _checkpoint._NUMPY_DTYPES]
-    arrays = _checkpoint._read_tensors(header, via_reader) if via_reader else {}
-    out = {n: RawTensor(a, header.tensors[n].dtype) for n, a in arrays.items()}
-    for name in names:
-        if name in out:
-            continue
-        info = header.tensors[name]
-        with open(header.path, "rb") as f:
-            f.seek(info.start)
-            data = f.read(info.nbytes)
-        if len(data) != info.nbytes:
-            raise header.error(f"truncated while reading tensor {name!r}")
-        little = np.dtype(_RAW_NUMPY[info.dtype])
-        array = np.frombuffer(data, dtype=little).reshape(info.shape)
-        out[name] = RawTensor(array.astype(little.newbyteorder("=")), info.dtype)
-    return out
+    with SafetensorsFile(path) as file:
+        header = file.header
+        if names is None:
+            names = sorted(header.tensors)
+        missing = [n for n in names if n not in header.tensors]
+        if missing:
+            raise header.error(f"missing tensors {missing}")
+        unsupported = [n for n in names if header.tensors[n].dtype not in _RAW_NUMPY]
+        if unsupported:
+            raise header.error("unsupported tensor dtypes: " + ", ".join(
+                f"{n} ({header.tensors[n].dtype})" for n in unsupported))
+        arrays = file.read(names)
+    return {n: RawTensor(arrays[n], header.tensors[n].dtype) for n in names}
 
 
 def _tensor_names(path: PathLike) -> list[str]:
@@ -1035,14 +1022,7 @@ def _target_tensor(value: Any, what: str, names: tuple[str, ...]) -> Optional[Ra
         raise TypeError(f"{what}: {exc}") from None
 
 
-
-
 # -- inspection and conversion -------------------------------------------------------
-
-
-_SERIALIZE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
-              "BOOL": "bool"}
 
 
 def _headers_of(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int]],
@@ -1123,8 +1103,6 @@ def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None)
     it) as safetensors, every tensor bit for bit (BF16 stays BF16); the
     default destination is ``model.safetensors`` beside it.  Needs torch and
     safetensors.  Returns the written path."""
-    from .. import _checkpoint
-
     source = Path(source)
     if source.is_dir():
         bins = [source / "pytorch_model.bin"] if (source / "pytorch_model.bin").is_file() \
@@ -1140,27 +1118,12 @@ def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None)
         raw.update(read_torch_checkpoint(b))
     target = Path(destination) if destination is not None else bins[0].parent / \
         "model.safetensors"
-    safetensors = _checkpoint._safetensors()
-    keep, specs = [], {}
-    for name, tensor in raw.items():
-        array = np.ascontiguousarray(tensor.values,
-                                     dtype=tensor.values.dtype.newbyteorder("<"))
-        keep.append(array)
-        if hasattr(safetensors, "TensorSpec"):
-            specs[name] = safetensors.TensorSpec(dtype=_SERIALIZE[tensor.file_dtype],
-                                                 shape=array.shape, data_ptr=array.ctypes.data,
-                                                 data_len=array.nbytes)
-        else:
-            specs[name] = {"dtype": _SERIALIZE[tensor.file_dtype], "shape": list(array.shape),
-                           "data": array.tobytes()}
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        safetensors.serialize_file(specs, str(temporary), metadata={"format": "pt"})
-        os.replace(temporary, target)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
+    from .._safetensors import write_safetensors
+
+    arrays = {name: np.ascontiguousarray(tensor.values) for name, tensor in raw.items()}
+    # written atomically, each tensor in its file dtype (BF16 as its bit patterns)
+    write_safetensors(target, arrays, {"format": "pt"},
+                      dtypes={name: tensor.file_dtype for name, tensor in raw.items()})
     return target
 
 
