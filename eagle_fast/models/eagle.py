@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ import numpy as np
 from .. import _backend
 from .._checkpoint import CheckpointError
 from .._storage import LOW_PRECISION, StoredMatrix, decode_bfloat16, resolve_weight_dtype
-from .._validation import resolve_num_threads
+from .._validation import check_int, resolve_num_threads
 from ..speculative import DraftTree, dynamic_tree
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -329,18 +328,6 @@ class _KVCache:
                 grown = np.zeros((new,) + self.shape, self.dtype)
                 grown[:capacity] = old   # the prefix and any tree rows written so far
                 store[i] = grown
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if n < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {n}")
-    return n
 
 
 class EagleDrafter:
@@ -707,7 +694,7 @@ class EagleDrafter:
     def truncate(self, prefix_length: int) -> None:
         """Keep only the first ``prefix_length`` cached positions (e.g. to
         re-draft from an earlier point of the same sequence)."""
-        n = _positive_int(prefix_length, "prefix_length", 0)
+        n = check_int(prefix_length, "prefix_length", 0)
         if n > self._cache.length:
             raise ValueError(f"prefix_length={n} exceeds the {self._cache.length} cached "
                              "positions")
@@ -880,11 +867,11 @@ class EagleDrafter:
         with cumulative draft log-probabilities as scores.
         """
         vocab = self.config.draft_vocab_size
-        top_k = _positive_int(top_k, "top_k")
+        top_k = check_int(top_k, "top_k")
         if top_k > vocab:
             raise ValueError(f"top_k must be <= the draft vocabulary ({vocab}), got {top_k}")
-        depth = _positive_int(depth, "depth", 0)
-        total_tokens = _positive_int(total_tokens, "total_tokens", 1)
+        depth = check_int(depth, "depth", 0)
+        total_tokens = check_int(total_tokens, "total_tokens", 1)
         candidates = top_k + depth * top_k * top_k
         if total_tokens - 1 > candidates:
             raise ValueError(f"total_tokens={total_tokens} needs more than the {candidates} "
@@ -920,7 +907,7 @@ class EagleDrafter:
         """Greedy chained drafting (top_k = 1): ``steps`` tokens after the
         root, as a chain :class:`~eagle_fast.speculative.DraftTree` (same
         calling convention as :meth:`draft_tree`)."""
-        steps = _positive_int(steps, "steps", 0)
+        steps = check_int(steps, "steps", 0)
         if steps == 0:
             hidden, ids = self._check_inputs(hidden_states, input_ids)
             self._advance(hidden, ids, self._threads(num_threads))
