@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence, TextIO, Union
 
 import numpy as np
 
-from . import __version__, _backend, build_info
+from . import __version__, _backend, _generate_cli, build_info
 from ._checkpoint import FORMAT, MEDUSA_FORMAT, CheckpointError, inspect_checkpoint, load_medusa
 from ._head import DraftHead, DraftResult
 from ._medusa import MedusaHeads
@@ -44,6 +44,7 @@ examples:
   eagle-fast demo --checkpoint draft_head.safetensors
   eagle-fast inspect medusa_lm_head.safetensors --json
   eagle-fast info                         how the kernels were built (JSON)
+  eagle-fast generate --target DIR --drafter EAGLE_DIR --prompt "def main():"
 """
 
 # Bytes per weight of each storage type.
@@ -84,6 +85,26 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
     return value
 
 
@@ -553,10 +574,23 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     inspect_parser.add_argument("--json", action="store_true", help="print JSON")
     convert_parser = commands.add_parser(
         "convert", help="write a PyTorch checkpoint (pytorch_model.bin, or a folder with it) "
-                        "as safetensors, bit for bit (needs torch)")
+                        "as safetensors, bit for bit (needs torch)",
+        description="Write a PyTorch checkpoint (pytorch_model.bin, or a folder with it) "
+                    "as safetensors, bit for bit (needs torch).")
     convert_parser.add_argument("path", metavar="PATH")
     convert_parser.add_argument("--output", metavar="OUT", default=None,
                                 help="default: model.safetensors beside the .bin")
+    generate_parser = commands.add_parser(
+        "generate", help="speculative generation with a transformers model folder and a "
+                         "Medusa or EAGLE drafter (needs torch and transformers)",
+        description="Generate text from --prompt with the target model in --target (a "
+                    "transformers folder with its tokenizer, float32 on the CPU), drafted "
+                    "by the Medusa or EAGLE-1/2/3 checkpoint in --drafter; print the text, "
+                    "the mean acceptance length tau and tokens/s.  At --temperature 0 the "
+                    "text is exactly the target's own greedy output.")
+    _generate_cli.add_arguments(generate_parser, _positive_int, _non_negative_float,
+                                _probability)
+    parser.set_defaults(generate_parser=generate_parser)
     return parser, demo_parser
 
 
@@ -573,6 +607,10 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                                   "drop --preset/--dtype/--weight-dtype")
         elif args.weight_dtype is not None and args.dtype == "float64":
             demo_parser.error("--weight-dtype computes in float32; drop --dtype float64")
+    if args.command == "generate":
+        problem = _generate_cli.check_arguments(args)
+        if problem is not None:
+            args.generate_parser.error(problem)
     try:
         if args.command == "info":
             print(json.dumps(build_info(), indent=2))
@@ -583,6 +621,8 @@ def _run(argv: Optional[Sequence[str]]) -> int:
 
             written = convert_checkpoint(args.path, args.output)
             print(f"wrote {written}")
+        elif args.command == "generate":
+            return _generate_cli.run(args)
         elif args.checkpoint is not None:
             demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
         else:
@@ -590,7 +630,8 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                  args.batch, args.top_k, args.seconds)
     except _UsageError as exc:
         demo_parser.error(str(exc))
-    except (_DemoError, CheckpointError, ImportError, MemoryError) as exc:
+    except (_DemoError, _generate_cli.GenerateError, CheckpointError, ImportError,
+            MemoryError) as exc:
         print(f"eagle-fast {args.command}: error: {exc or type(exc).__name__}",
               file=sys.stderr)
         return 1

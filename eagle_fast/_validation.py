@@ -23,6 +23,21 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 MAX_VOCAB_SIZE = 2**31 - 1
 
 
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python int >= ``minimum`` (bools and non-integers are a
+    TypeError naming ``name``, smaller values a ValueError)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got a bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} "
+                        f"{value!r}") from None
+    if number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
 def _as_array(value: Any, name: str) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value

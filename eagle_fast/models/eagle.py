@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import operator
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +53,7 @@ from .._storage import (
     decode_bfloat16,
     resolve_weight_dtype,
 )
-from .._validation import resolve_num_threads
+from .._validation import check_int, resolve_num_threads
 from ..speculative import DraftTree, dynamic_tree
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -90,34 +89,21 @@ def _read_tensors(path: PathLike, names: Optional[list[str]] = None) -> dict[str
     """The named tensors (all when None) of one safetensors file, through the
     project's checkpoint reader; CheckpointError naming the file on problems.
     (The one place this module reads safetensors data.)"""
-    from .. import _checkpoint
+    from .._safetensors import SafetensorsFile
 
-    header = _checkpoint.read_header(path)
-    if names is None:
-        names = sorted(header.tensors)
-    missing = [n for n in names if n not in header.tensors]
-    if missing:
-        raise header.error(f"missing tensors {missing}")
-    unsupported = [n for n in names if header.tensors[n].dtype not in _RAW_NUMPY]
-    if unsupported:
-        raise header.error("unsupported tensor dtypes: " + ", ".join(
-            f"{n} ({header.tensors[n].dtype})" for n in unsupported))
-    via_reader = [n for n in names if header.tensors[n].dtype in _checkpoint._NUMPY_DTYPES]
-    arrays = _checkpoint._read_tensors(header, via_reader) if via_reader else {}
-    out = {n: RawTensor(a, header.tensors[n].dtype) for n, a in arrays.items()}
-    for name in names:
-        if name in out:
-            continue
-        info = header.tensors[name]
-        with open(header.path, "rb") as f:
-            f.seek(info.start)
-            data = f.read(info.nbytes)
-        if len(data) != info.nbytes:
-            raise header.error(f"truncated while reading tensor {name!r}")
-        little = np.dtype(_RAW_NUMPY[info.dtype])
-        array = np.frombuffer(data, dtype=little).reshape(info.shape)
-        out[name] = RawTensor(array.astype(little.newbyteorder("=")), info.dtype)
-    return out
+    with SafetensorsFile(path) as file:
+        header = file.header
+        if names is None:
+            names = sorted(header.tensors)
+        missing = [n for n in names if n not in header.tensors]
+        if missing:
+            raise header.error(f"missing tensors {missing}")
+        unsupported = [n for n in names if header.tensors[n].dtype not in _RAW_NUMPY]
+        if unsupported:
+            raise header.error("unsupported tensor dtypes: " + ", ".join(
+                f"{n} ({header.tensors[n].dtype})" for n in unsupported))
+        arrays = file.read(names)
+    return {n: RawTensor(arrays[n], header.tensors[n].dtype) for n in names}
 
 
 def _tensor_names(path: PathLike) -> list[str]:
@@ -348,18 +334,6 @@ class _KVCache:
                 grown = np.zeros((new,) + self.shape, self.dtype)
                 grown[:capacity] = old   # the prefix and any tree rows written so far
                 store[i] = grown
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if n < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {n}")
-    return n
 
 
 class EagleDrafter:
@@ -729,7 +703,7 @@ class EagleDrafter:
     def truncate(self, prefix_length: int) -> None:
         """Keep only the first ``prefix_length`` cached positions (e.g. to
         re-draft from an earlier point of the same sequence)."""
-        n = _positive_int(prefix_length, "prefix_length", 0)
+        n = check_int(prefix_length, "prefix_length", 0)
         if n > self._cache.length:
             raise ValueError(f"prefix_length={n} exceeds the {self._cache.length} cached "
                              "positions")
@@ -902,11 +876,11 @@ class EagleDrafter:
         with cumulative draft log-probabilities as scores.
         """
         vocab = self.config.draft_vocab_size
-        top_k = _positive_int(top_k, "top_k")
+        top_k = check_int(top_k, "top_k")
         if top_k > vocab:
             raise ValueError(f"top_k must be <= the draft vocabulary ({vocab}), got {top_k}")
-        depth = _positive_int(depth, "depth", 0)
-        total_tokens = _positive_int(total_tokens, "total_tokens", 1)
+        depth = check_int(depth, "depth", 0)
+        total_tokens = check_int(total_tokens, "total_tokens", 1)
         candidates = top_k + depth * top_k * top_k
         if total_tokens - 1 > candidates:
             raise ValueError(f"total_tokens={total_tokens} needs more than the {candidates} "
@@ -942,7 +916,7 @@ class EagleDrafter:
         """Greedy chained drafting (top_k = 1): ``steps`` tokens after the
         root, as a chain :class:`~eagle_fast.speculative.DraftTree` (same
         calling convention as :meth:`draft_tree`)."""
-        steps = _positive_int(steps, "steps", 0)
+        steps = check_int(steps, "steps", 0)
         if steps == 0:
             hidden, ids = self._check_inputs(hidden_states, input_ids)
             self._advance(hidden, ids, self._threads(num_threads))
@@ -1044,14 +1018,7 @@ def _target_tensor(value: Any, what: str, names: tuple[str, ...]) -> Optional[Ra
         raise TypeError(f"{what}: {exc}") from None
 
 
-
-
 # -- inspection and conversion -------------------------------------------------------
-
-
-_SERIALIZE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-              "I8": "int8", "U8": "uint8", "I16": "int16", "I32": "int32", "I64": "int64",
-              "BOOL": "bool"}
 
 
 def _headers_of(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int]],
@@ -1132,8 +1099,6 @@ def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None)
     it) as safetensors, every tensor bit for bit (BF16 stays BF16); the
     default destination is ``model.safetensors`` beside it.  Needs torch and
     safetensors.  Returns the written path."""
-    from .. import _checkpoint
-
     source = Path(source)
     if source.is_dir():
         bins = [source / "pytorch_model.bin"] if (source / "pytorch_model.bin").is_file() \
@@ -1149,27 +1114,12 @@ def convert_checkpoint(source: PathLike, destination: Optional[PathLike] = None)
         raw.update(read_torch_checkpoint(b))
     target = Path(destination) if destination is not None else bins[0].parent / \
         "model.safetensors"
-    safetensors = _checkpoint._safetensors()
-    keep, specs = [], {}
-    for name, tensor in raw.items():
-        array = np.ascontiguousarray(tensor.values,
-                                     dtype=tensor.values.dtype.newbyteorder("<"))
-        keep.append(array)
-        if hasattr(safetensors, "TensorSpec"):
-            specs[name] = safetensors.TensorSpec(dtype=_SERIALIZE[tensor.file_dtype],
-                                                 shape=array.shape, data_ptr=array.ctypes.data,
-                                                 data_len=array.nbytes)
-        else:
-            specs[name] = {"dtype": _SERIALIZE[tensor.file_dtype], "shape": list(array.shape),
-                           "data": array.tobytes()}
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        safetensors.serialize_file(specs, str(temporary), metadata={"format": "pt"})
-        os.replace(temporary, target)
-    except BaseException:
-        if temporary.exists():
-            temporary.unlink()
-        raise
+    from .._safetensors import write_safetensors
+
+    arrays = {name: np.ascontiguousarray(tensor.values) for name, tensor in raw.items()}
+    # written atomically, each tensor in its file dtype (BF16 as its bit patterns)
+    write_safetensors(target, arrays, {"format": "pt"},
+                      dtypes={name: tensor.file_dtype for name, tensor in raw.items()})
     return target
 
 

@@ -47,7 +47,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import _backend
-from .._validation import aligned
+from .._validation import aligned, check_int
 from .tree import DraftTree
 
 __all__ = ["dynamic_tree", "max_dynamic_tree_tokens"]
@@ -61,18 +61,6 @@ def max_dynamic_tree_tokens(top_k: int, depth: int) -> int:
     """The largest ``total_tokens`` :func:`dynamic_tree` accepts: the root plus
     every scored node, ``1 + top_k + depth * top_k**2``."""
     return 1 + top_k + depth * top_k * top_k
-
-
-def _positive_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got a bool")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if number < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {number}")
-    return number
 
 
 # Log-probs above this are not log-probs (logits passed by mistake?).
@@ -200,11 +188,11 @@ def dynamic_tree(root_token: int, root_logprobs: Any, expand: ExpandFn, *, top_k
     vocab = int(root_lp.shape[0])
     root_lp = _logprob_array(root_lp, "root_logprobs", (vocab,), "(V,)")
     score_dtype = root_lp.dtype
-    top_k = _positive_int(top_k, "top_k", 1)
+    top_k = check_int(top_k, "top_k", 1)
     if top_k > vocab:
         raise ValueError(f"top_k={top_k} exceeds the vocabulary of root_logprobs ({vocab})")
-    depth = _positive_int(depth, "depth", 0)
-    total_tokens = _positive_int(total_tokens, "total_tokens", 1)
+    depth = check_int(depth, "depth", 0)
+    total_tokens = check_int(total_tokens, "total_tokens", 1)
     limit = max_dynamic_tree_tokens(top_k, depth)
     if total_tokens > limit:
         raise ValueError(f"total_tokens={total_tokens} exceeds the {limit} nodes a tree with "
