@@ -21,6 +21,12 @@ with the "flat" random weights (below; fixed seed) at each size
   contenders of the same round-robin, so their ratios come from one run;
 * NumPy written by hand, as a user would;
 * PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
+* in float32 runs with q8 / q4 among ``--weight-dtypes``, ggml's own Q8_0 / Q4_0
+  head (``ggml Q8_0``, ``ggml Q4_0``: ggml's quantizer and ``mul_mat`` on the same
+  weights, ggml's threads = the read probe's) when ``ggml-python`` is importable,
+  else a row saying why; see bench/_ggml_contender.py.  Its check column is the
+  top-1 agreement with the float32 head over 64 states (ggml rounds the
+  activations to Q8_0), beside eagle_fast's head of the same storage;
 * at sizes up to 256x128x1000 and B = 1, the specification's function:
   its reference (plain-Python loops on lists, outputs rounded, as the spec
   writes it; ``spec_reference`` below), and ``eagle_fast.eagle_draft_from_hidden``
@@ -136,6 +142,11 @@ try:
 except ImportError:
     torch = None
 
+try:        # bench/_ggml_contender.py (beside this script): ggml's Q8_0 / Q4_0, optional
+    import _ggml_contender
+except ImportError:
+    _ggml_contender = None
+
 SEED = 20240601
 TEMPERATURE = 1.0
 FAST_CALL_S = 100e-6          # calls faster than this are timed in an inner loop
@@ -159,6 +170,7 @@ CALIBRATION_STATES = 128      # hidden states the calibration uses (not the meas
 ACCURACY_TOP_K = 5
 DEFAULT_ACCURACY_STATES = 256
 QUICK_ACCURACY_STATES = 64
+GGML_CHECK_STATES = 64        # states of the ggml rows' top-1 sanity check
 DEFAULT_ACCURACY_SIZE = "4k-4k-32k"
 QUICK_ACCURACY_SIZE = "4k-1k-32k"    # 4x fewer weights to convert than 4k-4k-32k
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -338,6 +350,8 @@ def collect_header() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "numpy": np.__version__,
         "torch": torch.__version__ if torch is not None else None,
+        "ggml": (_ggml_contender.unavailable_reason() or _ggml_contender.describe()
+                 if _ggml_contender is not None else "bench/_ggml_contender.py not found"),
         "blas": blas_info(),
         "environment": {key: os.environ[key] for key in env_keys if key in os.environ},
         "memory_available_bytes": memory,
@@ -355,6 +369,7 @@ def print_header(header: dict[str, Any]) -> None:
     print(f"  python       {header['python']}")
     print(f"  numpy        {header['numpy']}")
     print(f"  torch        {header['torch'] or 'not importable: torch contender skipped'}")
+    print(f"  ggml         {header['ggml']}")
     for lib in header["blas"]:
         print("  BLAS         " + ", ".join(f"{k}={v}" for k, v in lib.items()
                                            if k not in ("include directory", "pc file directory")))
@@ -611,11 +626,16 @@ def make_heads(weights: Sequence[np.ndarray], low_precision: Sequence[str]
 
 def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
                      heads: dict[str, eagle_fast.DraftHead], hidden: np.ndarray,
-                     probe_threads: int) -> tuple[list[Contender], list[Measurement]]:
+                     probe_threads: int, ggml_heads: Optional[dict[str, Any]] = None
+                     ) -> tuple[list[Contender], list[Measurement]]:
     """The contenders to run for one case, and rows for those skipped here."""
     contenders = [draft_head_contender(name, head, hidden, optional=name == PYTHON_FALLBACK)
                   for name, head in heads.items()]
     skipped: list[Measurement] = []
+    for name, ggml_head in (ggml_heads or {}).items():
+        graph = ggml_head.graph(hidden)         # built once; the timed call is the compute
+        contenders.append(Contender(name, graph.run, weight_dtype=ggml_head.type_name,
+                                    weight_bytes=ggml_head.nbytes))
     if not _backend.simd_levels_available():
         skipped.append(Measurement("eagle_fast compiled", note="compiled backend not built"))
     weight_dtype = weights[0].dtype.name
@@ -813,18 +833,21 @@ def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int
     heads = make_heads(weights, low_precision if dtype == np.float32 else ())
     reference = next(iter(heads))       # best compiled level (or the Python fallback)
     lp_logits = dequantized_logits(heads, size, batches)
+    ggml_heads, ggml_checks, ggml_skipped = ggml_setup(weights, heads, low_precision
+                                                       if dtype == np.float32 else (),
+                                                       probe_threads)
     cases = []
     for batch in batches:
         hidden = make_hidden(size, batch, dtype)
         contenders, skipped = build_contenders(size, batch, weights, heads, hidden,
-                                               probe_threads)
+                                               probe_threads, ggml_heads)
         measurements, results = measure(contenders, repeats)
         ref_logits = np.atleast_2d(numpy_forward(hidden, *weights, TEMPERATURE)[0])
         for m in measurements:
             if not m.is_probe and m.median_s is not None:
-                m.check = check_tokens(results[m.name],
-                                       lp_logits.get((m.name, batch), ref_logits), dtype)
-        measurements += skipped
+                m.check = ggml_checks.get(m.name) or check_tokens(
+                    results[m.name], lp_logits.get((m.name, batch), ref_logits), dtype)
+        measurements += skipped + ggml_skipped
         probe_gbps = summarize(measurements, reference)
         case = CaseResult(size.name, size.d_model, size.d_proj, size.vocab, batch,
                           dtype.name, weight_bytes, probe_gbps, measurements)
@@ -835,10 +858,40 @@ def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int
     if accuracy is not None and dtype == np.float32:
         by_dtype = {head.weight_dtype: head for name, head in heads.items()
                     if name == reference or head.weight_dtype in LOW_PRECISION}
-        del heads, weights, lp_logits        # free what the accuracy run does not use
+        del heads, weights, lp_logits, ggml_heads    # free what the accuracy run does not use
         gc.collect()
         accuracy(by_dtype)
     return cases
+
+
+def ggml_setup(weights: Sequence[np.ndarray], heads: dict[str, eagle_fast.DraftHead],
+               low_precision: Sequence[str], n_threads: int
+               ) -> tuple[dict[str, Any], dict[str, str], list[Measurement]]:
+    """ggml's Q8_0 / Q4_0 heads for the q8 / q4 among ``low_precision`` (by
+    contender name), their check strings (top-1 agreement with the float32
+    head over GGML_CHECK_STATES states, beside eagle_fast's head of the same
+    storage), and a skipped row when ggml is not importable."""
+    wanted = [d for d in low_precision if d in ("q8", "q4")]
+    if not wanted:
+        return {}, {}, []
+    reason = ("bench/_ggml_contender.py not importable" if _ggml_contender is None
+              else _ggml_contender.unavailable_reason())
+    if reason is not None:
+        return {}, {}, [Measurement("ggml Q8_0 / Q4_0", note=f"skipped: {reason}")]
+    ggml_heads = _ggml_contender.make_heads(weights, wanted, n_threads)
+    states = np.random.default_rng([SEED, 4, weights[0].shape[1]]).standard_normal(
+        (GGML_CHECK_STATES, weights[0].shape[1]), dtype=np.float32)
+    want = numpy_forward(states, *weights, TEMPERATURE)[0].argmax(axis=1)
+    checks = {}
+    for name, ggml_head in ggml_heads.items():
+        agree = _ggml_contender.top1_agreement(ggml_head, states, want)
+        ours = next((h for h in heads.values() if h.weight_dtype == ggml_head.weight_dtype),
+                    None)
+        theirs = "" if ours is None else (
+            f", eagle_fast {ggml_head.weight_dtype} "
+            f"{int(np.count_nonzero(top1_probs(ours, states)[0] == want))}")
+        checks[name] = f"top-1 vs f32 {agree}/{GGML_CHECK_STATES}{theirs}"
+    return ggml_heads, checks, []
 
 
 # -- accuracy -----------------------------------------------------------------

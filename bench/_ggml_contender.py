@@ -1,0 +1,196 @@
+"""ggml's own Q8_0 / Q4_0 draft head, an optional contender of bench_predict.py.
+
+When ``ggml-python`` (the ``ggml`` module: ctypes bindings over a ggml it
+builds from source) is importable, bench_predict times, beside eagle_fast's
+q8 / q4 heads, the same head computed by ggml's CPU backend:
+
+    logits = mul_mat(L, silu(mul_mat(W, h) + b)),  softmax,  argmax
+
+with W and L quantized by ggml's own ``ggml_quantize_chunk`` to GGML_TYPE_Q8_0
+(blocks of 32 int8 + one fp16 scale, 34 bytes / 32 weights) or GGML_TYPE_Q4_0
+(blocks of 32 4-bit codes + one fp16 scale, 18 bytes / 32 weights) from the
+same float32 weights; b stays float32.  ggml quantizes the activations (h, then
+x) to Q8_0 inside mul_mat and uses its integer dot products (AVX2
+``vpmaddubsw`` / ``vpmaddwd`` in a native build), so its results are not those
+of an exact computation on the dequantized weights: its token check is a
+top-1 agreement with the float32 head over a few states instead.
+
+Timing: the graph (one per batch size) and its compute plan (``ggml_graph_plan``
+with the bench's thread count, work buffer allocated once) are built once,
+outside the timed call; the timed call is ``ggml_graph_compute`` on that graph
+(which enters ggml's thread pool -- OpenMP in a default build -- every call, as
+llama.cpp does per token) plus reading the B argmax tokens.  The input tensor's
+data pointer is the bench's hidden-state array itself (no copy).  The plain
+context-allocated CPU path is what runs: llama.cpp's "repacked" Q4_0 layouts
+(CPU_REPACK extra buffer type, set up through the backend-buffer API) are not
+used here.
+
+Not a dependency of eagle_fast: ``pip install ggml-python`` (e.g. with
+``CMAKE_ARGS="-DGGML_NATIVE=ON"``) to enable it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+try:
+    import ggml
+    IMPORT_ERROR: Optional[str] = None
+except Exception as error:  # ImportError, or the shared library failing to load
+    ggml = None
+    IMPORT_ERROR = f"{type(error).__name__}: {error}"
+
+# eagle_fast weight dtype -> ggml type name
+GGML_TYPES = {"q8": "Q8_0", "q4": "Q4_0"}
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the ggml contender cannot run, or None when it can."""
+    if ggml is None:
+        return f"ggml-python not importable ({IMPORT_ERROR}): pip install ggml-python"
+    return None
+
+
+def describe() -> str:
+    """One line on the ggml build (version and the CPU features it uses)."""
+    if ggml is None:
+        return "not importable"
+    features = [name for name in ("avx", "avx2", "fma", "f16c", "avx_vnni", "avx512",
+                                  "llamafile")
+                if getattr(ggml, f"ggml_cpu_has_{name}", lambda: 0)()]
+    version = getattr(ggml, "__version__", "?")
+    return f"ggml-python {version}, CPU features: {' '.join(features) or 'none'}"
+
+
+def _context(mem_size: int, no_alloc: bool) -> Any:
+    params = ggml.ggml_init_params(mem_size=mem_size, mem_buffer=None, no_alloc=no_alloc)
+    ctx = ggml.ggml_init(params)
+    if ctx is None:
+        raise MemoryError(f"ggml_init failed ({mem_size} bytes)")
+    return ctx
+
+
+class GgmlHead:
+    """W, b, L as ggml tensors of one quantized type; their data live in NumPy
+    buffers this object owns (``ggml_quantize_chunk`` writes them)."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, lm_head: np.ndarray,
+                 weight_dtype: str, n_threads: int) -> None:
+        reason = unavailable_reason()
+        if reason is not None:
+            raise RuntimeError(reason)
+        if weight_dtype not in GGML_TYPES:
+            raise ValueError(f"weight_dtype must be one of {sorted(GGML_TYPES)}, "
+                             f"got {weight_dtype!r}")
+        ggml.ggml_cpu_init()
+        self.weight_dtype = weight_dtype
+        self.type_name = GGML_TYPES[weight_dtype]
+        self.ggml_type = getattr(ggml, f"GGML_TYPE_{self.type_name}")
+        self.n_threads = n_threads
+        self.d_proj, self.d_model = weight.shape
+        self.vocab = lm_head.shape[0]
+        self._buffers: list[np.ndarray] = []
+        self._ctx = _context(4 * ggml.ggml_tensor_overhead(), no_alloc=True)
+        self.weight = self._quantized(weight)
+        self.lm_head = self._quantized(lm_head)
+        self.bias = ggml.ggml_new_tensor_1d(self._ctx, ggml.GGML_TYPE_F32, self.d_proj)
+        self._attach(self.bias, np.array(bias, dtype=np.float32))
+        self.nbytes = sum(int(ggml.ggml_nbytes(t))
+                          for t in (self.weight, self.bias, self.lm_head))
+
+    def _attach(self, tensor: Any, array: np.ndarray) -> None:
+        self._buffers.append(array)
+        tensor.contents.data = array.ctypes.data
+
+    def _quantized(self, matrix: np.ndarray) -> Any:
+        rows, cols = matrix.shape
+        source = np.ascontiguousarray(matrix, dtype=np.float32)
+        tensor = ggml.ggml_new_tensor_2d(self._ctx, self.ggml_type, cols, rows)
+        data = np.empty(int(ggml.ggml_nbytes(tensor)), dtype=np.uint8)
+        written = ggml.ggml_quantize_chunk(
+            self.ggml_type, source.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            data.ctypes.data, 0, rows, cols, None)
+        if written != data.nbytes:
+            raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, "
+                               f"expected {data.nbytes}")
+        self._attach(tensor, data)
+        return tensor
+
+    def graph(self, hidden: np.ndarray) -> GgmlGraph:
+        return GgmlGraph(self, hidden)
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None) is not None:
+            ggml.ggml_free(self._ctx)
+            self._ctx = None
+
+
+class GgmlGraph:
+    """The head's graph for one batch of states (``hidden`` (d_model,) or
+    (B, d_model) float32, used in place), with its compute plan."""
+
+    def __init__(self, head: GgmlHead, hidden: np.ndarray) -> None:
+        if hidden.dtype != np.float32 or not hidden.flags.c_contiguous:
+            raise ValueError("hidden must be C-contiguous float32")
+        self.head = head                        # keeps the weights alive
+        self.hidden = hidden
+        batch = 1 if hidden.ndim == 1 else hidden.shape[0]
+        self.batch = batch
+        activations = 4 * batch * (3 * head.d_proj + 2 * head.vocab + 1) + (1 << 20)
+        self._ctx = _context(ggml.ggml_graph_overhead() + 16 * ggml.ggml_tensor_overhead()
+                             + activations, no_alloc=False)
+        ctx = self._ctx
+        inputs = ggml.ggml_new_tensor_2d(ctx, ggml.GGML_TYPE_F32, head.d_model, batch)
+        inputs.contents.data = hidden.ctypes.data
+        projected = ggml.ggml_mul_mat(ctx, head.weight, inputs)          # (B, d_proj)
+        features = ggml.ggml_silu(ctx, ggml.ggml_add(ctx, projected, head.bias))
+        logits = ggml.ggml_mul_mat(ctx, head.lm_head, features)          # (B, vocab)
+        self.tokens = ggml.ggml_argmax(ctx, ggml.ggml_soft_max(ctx, logits))
+        self.logits = logits
+        self._graph = ggml.ggml_new_graph(ctx)
+        ggml.ggml_build_forward_expand(self._graph, self.tokens)
+        self._plan = ggml.ggml_graph_plan(self._graph, head.n_threads, None)
+        self._work = np.empty(max(1, int(self._plan.work_size)), dtype=np.uint8)
+        self._plan.work_data = ctypes.cast(self._work.ctypes.data,
+                                           ctypes.POINTER(ctypes.c_uint8))
+        self._plan_ref = ctypes.byref(self._plan)
+        self._out = (ctypes.c_int32 * batch).from_address(
+            ggml.ggml_get_data(self.tokens))
+
+    def run(self) -> np.ndarray:
+        """One forward pass: the top-1 token of each state, shape (B,)."""
+        status = ggml.ggml_graph_compute(self._graph, self._plan_ref)
+        if status != 0:
+            raise RuntimeError(f"ggml_graph_compute returned status {status}")
+        return np.frombuffer(self._out, dtype=np.int32).copy()
+
+    def logits_array(self) -> np.ndarray:
+        """The last run's logits, (B, vocab) float32 (a copy)."""
+        pointer = ggml.ggml_get_data(self.logits)
+        count = self.batch * self.head.vocab
+        flat = np.frombuffer((ctypes.c_float * count).from_address(pointer), np.float32)
+        return flat.reshape(self.batch, self.head.vocab).copy()
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None) is not None:
+            ggml.ggml_free(self._ctx)
+            self._ctx = None
+
+
+def make_heads(weights: Sequence[np.ndarray], weight_dtypes: Sequence[str],
+               n_threads: int) -> dict[str, GgmlHead]:
+    """One GgmlHead per requested weight dtype that ggml has (q8, q4), keyed by
+    the bench contender's name ("ggml Q8_0", "ggml Q4_0")."""
+    return {f"ggml {GGML_TYPES[d]}": GgmlHead(*weights, weight_dtype=d, n_threads=n_threads)
+            for d in weight_dtypes if d in GGML_TYPES}
+
+
+def top1_agreement(head: GgmlHead, hidden: np.ndarray, reference_tokens: np.ndarray
+                   ) -> int:
+    """How many of the states (rows of ``hidden``) get ``reference_tokens``."""
+    graph = head.graph(np.ascontiguousarray(hidden, dtype=np.float32))
+    tokens = graph.run()
+    return int(np.count_nonzero(tokens == np.asarray(reference_tokens).reshape(-1)))
