@@ -119,8 +119,9 @@ class GgmlHead:
         self._attach(tensor, data)
         return tensor
 
-    def graph(self, hidden: np.ndarray) -> GgmlGraph:
-        return GgmlGraph(self, hidden)
+    def graph(self, hidden: np.ndarray, n_threads: Optional[int] = None) -> GgmlGraph:
+        """The graph for these states, computed on ``n_threads`` (default: the head's)."""
+        return GgmlGraph(self, hidden, self.n_threads if n_threads is None else n_threads)
 
     def __del__(self) -> None:
         if getattr(self, "_ctx", None) is not None:
@@ -132,7 +133,7 @@ class GgmlGraph:
     """The head's graph for one batch of states (``hidden`` (d_model,) or
     (B, d_model) float32, used in place), with its compute plan."""
 
-    def __init__(self, head: GgmlHead, hidden: np.ndarray) -> None:
+    def __init__(self, head: GgmlHead, hidden: np.ndarray, n_threads: int) -> None:
         if hidden.dtype != np.float32 or not hidden.flags.c_contiguous:
             raise ValueError("hidden must be C-contiguous float32")
         self.head = head                        # keeps the weights alive
@@ -152,7 +153,8 @@ class GgmlGraph:
         self.logits = logits
         self._graph = ggml.ggml_new_graph(ctx)
         ggml.ggml_build_forward_expand(self._graph, self.tokens)
-        self._plan = ggml.ggml_graph_plan(self._graph, head.n_threads, None)
+        self.n_threads = n_threads
+        self._plan = ggml.ggml_graph_plan(self._graph, n_threads, None)
         self._work = np.empty(max(1, int(self._plan.work_size)), dtype=np.uint8)
         self._plan.work_data = ctypes.cast(self._work.ctypes.data,
                                            ctypes.POINTER(ctypes.c_uint8))
@@ -186,6 +188,22 @@ def make_heads(weights: Sequence[np.ndarray], weight_dtypes: Sequence[str],
     the bench contender's name ("ggml Q8_0", "ggml Q4_0")."""
     return {f"ggml {GGML_TYPES[d]}": GgmlHead(*weights, weight_dtype=d, n_threads=n_threads)
             for d in weight_dtypes if d in GGML_TYPES}
+
+
+def graphs(heads: dict[str, GgmlHead], hidden: np.ndarray) -> list[tuple[str, GgmlGraph]]:
+    """The contenders for one batch of states, by name: each head on its thread
+    count and, when that is not 1, also on 1 thread ("ggml Q4_0, 1 thread"):
+    ggml's thread barriers spin, so on a loaded machine one thread can beat two."""
+    out = []
+    for name, head in heads.items():
+        out.append((name, head.graph(hidden)))
+        if head.n_threads != 1:
+            out.append((one_thread_name(name), head.graph(hidden, 1)))
+    return out
+
+
+def one_thread_name(name: str) -> str:
+    return f"{name}, 1 thread"
 
 
 def top1_agreement(head: GgmlHead, hidden: np.ndarray, reference_tokens: np.ndarray

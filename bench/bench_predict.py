@@ -23,8 +23,9 @@ with the "flat" random weights (below; fixed seed) at each size
 * PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
 * in float32 runs with q8 / q4 among ``--weight-dtypes``, ggml's own Q8_0 / Q4_0
   head (``ggml Q8_0``, ``ggml Q4_0``: ggml's quantizer and ``mul_mat`` on the same
-  weights, ggml's threads = the read probe's) when ``ggml-python`` is importable,
-  else a row saying why; see bench/_ggml_contender.py.  Its check column is the
+  weights; ggml's threads = the read probe's, and again on 1 thread) when
+  ``ggml-python`` is importable, else a row saying why; see
+  bench/_ggml_contender.py.  Its check column is the
   top-1 agreement with the float32 head over 64 states (ggml rounds the
   activations to Q8_0), beside eagle_fast's head of the same storage;
 * at sizes up to 256x128x1000 and B = 1, the specification's function:
@@ -632,10 +633,10 @@ def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
     contenders = [draft_head_contender(name, head, hidden, optional=name == PYTHON_FALLBACK)
                   for name, head in heads.items()]
     skipped: list[Measurement] = []
-    for name, ggml_head in (ggml_heads or {}).items():
-        graph = ggml_head.graph(hidden)         # built once; the timed call is the compute
-        contenders.append(Contender(name, graph.run, weight_dtype=ggml_head.type_name,
-                                    weight_bytes=ggml_head.nbytes))
+    for name, graph in _ggml_contender.graphs(ggml_heads, hidden) if ggml_heads else ():
+        # the graph and its plan are built here, once: the timed call is the compute
+        contenders.append(Contender(name, graph.run, weight_dtype=graph.head.type_name,
+                                    weight_bytes=graph.head.nbytes))
     if not _backend.simd_levels_available():
         skipped.append(Measurement("eagle_fast compiled", note="compiled backend not built"))
     weight_dtype = weights[0].dtype.name
@@ -891,6 +892,7 @@ def ggml_setup(weights: Sequence[np.ndarray], heads: dict[str, eagle_fast.DraftH
             f", eagle_fast {ggml_head.weight_dtype} "
             f"{int(np.count_nonzero(top1_probs(ours, states)[0] == want))}")
         checks[name] = f"top-1 vs f32 {agree}/{GGML_CHECK_STATES}{theirs}"
+        checks[_ggml_contender.one_thread_name(name)] = checks[name]
     return ggml_heads, checks, []
 
 
