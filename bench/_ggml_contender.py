@@ -25,6 +25,10 @@ context-allocated CPU path is what runs: llama.cpp's "repacked" Q4_0 layouts
 (CPU_REPACK extra buffer type, set up through the backend-buffer API) are not
 used here.
 
+``python bench/_ggml_contender.py`` checks the wrapper: ggml's logits equal,
+to float32 rounding, float64 NumPy on ggml's own dequantized weights and
+Q8_0-rounded activations (without that rounding they differ by ~1 %).
+
 Not a dependency of eagle_fast: ``pip install ggml-python`` (e.g. with
 ``CMAKE_ARGS="-DGGML_NATIVE=ON"``) to enable it.
 """
@@ -212,3 +216,53 @@ def top1_agreement(head: GgmlHead, hidden: np.ndarray, reference_tokens: np.ndar
     graph = head.graph(np.ascontiguousarray(hidden, dtype=np.float32))
     tokens = graph.run()
     return int(np.count_nonzero(tokens == np.asarray(reference_tokens).reshape(-1)))
+
+
+def _q8_0_round_trip(a: np.ndarray) -> np.ndarray:
+    """Rows of ``a`` rounded as ggml's Q8_0 activations: blocks of 32, scale
+    max|a| / 127 stored as fp16, codes round(a / scale) (the unrounded scale)."""
+    blocks = a.reshape(a.shape[0], -1, 32).astype(np.float32)
+    scale = np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)
+    codes = np.round(blocks / np.where(scale == 0, np.float32(1), scale))
+    return (codes * scale.astype(np.float16).astype(np.float32)).reshape(a.shape)
+
+
+def _dequantized(head: GgmlHead, tensor: Any, shape: tuple[int, int]) -> np.ndarray:
+    """A quantized tensor of ``head`` dequantized by ggml (its to_float), in float64."""
+    out = np.empty(shape, np.float32)
+    ggml.ggml_get_type_traits(head.ggml_type).contents.to_float(
+        ctypes.c_void_p(tensor.contents.data),
+        out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.size)
+    return out.astype(np.float64)
+
+
+def self_test() -> None:
+    """ggml's logits against float64 NumPy on ggml's own dequantized weights and
+    Q8_0-rounded activations (the model of what its Q8_0 / Q4_0 dot products
+    compute), and its tokens against those logits' argmax."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((128, 256), dtype=np.float32) * np.float32(0.05)
+    bias = rng.standard_normal(128, dtype=np.float32) * np.float32(0.05)
+    lm_head = rng.standard_normal((1000, 128), dtype=np.float32) * np.float32(0.5)
+    hidden = rng.standard_normal((16, 256), dtype=np.float32)
+    for weight_dtype in GGML_TYPES:
+        head = GgmlHead(weight, bias, lm_head, weight_dtype, n_threads=2)
+        w = _dequantized(head, head.weight, weight.shape)
+        lm = _dequantized(head, head.lm_head, lm_head.shape)
+        z = _q8_0_round_trip(hidden) @ w.T + bias
+        x = (z / (1 + np.exp(-z))).astype(np.float32)
+        want = _q8_0_round_trip(x) @ lm.T
+        graph = head.graph(hidden)
+        tokens = graph.run()
+        logits = graph.logits_array()
+        error = float(np.abs(logits - want).max())
+        assert error < 1e-4 * float(np.abs(want).max()), (weight_dtype, error)
+        assert np.array_equal(tokens, logits.argmax(axis=1)), weight_dtype
+        print(f"{GGML_TYPES[weight_dtype]}: max |logit - model| {error:.2e} "
+              f"(max |logit| {np.abs(want).max():.2f}); tokens = argmax")
+
+
+if __name__ == "__main__":
+    print(unavailable_reason() or describe())
+    if ggml is not None:
+        self_test()
