@@ -20,10 +20,18 @@ with the bench's thread count, work buffer allocated once) are built once,
 outside the timed call; the timed call is ``ggml_graph_compute`` on that graph
 (which enters ggml's thread pool -- OpenMP in a default build -- every call, as
 llama.cpp does per token) plus reading the B argmax tokens.  The input tensor's
-data pointer is the bench's hidden-state array itself (no copy).  The plain
-context-allocated CPU path is what runs: llama.cpp's "repacked" Q4_0 layouts
-(CPU_REPACK extra buffer type, set up through the backend-buffer API) are not
-used here.
+data pointer is the bench's hidden-state array itself (no copy).  These
+"plain" heads keep the weights in ggml's standard block layout.
+
+For Q4_0 a second head runs as llama.cpp runs it on AVX2 ("ggml Q4_0
+repacked", GgmlRepackedHead): W and L in the CPU backend's CPU_REPACK buffer
+(re-laid as Q4_0_8x8 blocks, 8 rows interleaved, the same bytes, for ggml's
+gemv / gemm kernels) and the graph computed by ``ggml_backend_graph_compute``
+(which keeps its plan's work buffer between calls); the states are copied in
+once, when its graph is built.  ggml has no x86 repack for Q8_0.
+
+Each head also runs on 1 thread (rows "..., 1 thread"): ggml's thread
+barriers spin, so on a loaded machine one thread can beat two.
 
 ``python bench/_ggml_contender.py`` checks the wrapper: ggml's logits equal,
 to float32 rounding, float64 NumPy on ggml's own dequantized weights and
@@ -186,15 +194,140 @@ class GgmlGraph:
             self._ctx = None
 
 
+def _repack_buffer_type() -> Any:
+    """The CPU backend's "CPU_REPACK" extra buffer type, or None."""
+    device = ggml.ggml_backend_dev_by_type(ggml.GGML_BACKEND_DEVICE_TYPE_CPU)
+    registry = ggml.ggml_backend_dev_backend_reg(device)
+    address = ggml.ggml_backend_reg_get_proc_address(registry,
+                                                     b"ggml_backend_dev_get_extra_bufts")
+    if not address:
+        return None
+    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
+    types = get_extra(device)
+    index = 0
+    while types[index]:
+        if ggml.ggml_backend_buft_name(types[index]) == b"CPU_REPACK":
+            return types[index]
+        index += 1
+    return None
+
+
+class GgmlRepackedHead:
+    """The Q4_0 head as llama.cpp runs it on an AVX2 CPU: W and L in the CPU
+    backend's "CPU_REPACK" buffer, where ``ggml_backend_tensor_set`` re-lays
+    the Q4_0 blocks 8 rows at a time (Q4_0_8x8; same bytes) for ggml's
+    gemv/gemm kernels; b in a plain CPU buffer; graphs computed by
+    ``ggml_backend_graph_compute`` on a CPU backend.  (ggml has no AVX2 repack
+    for Q8_0, so there is no Q8_0 twin.)"""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, lm_head: np.ndarray,
+                 weight_dtype: str, n_threads: int) -> None:
+        if weight_dtype != "q4":
+            raise ValueError("only q4 (Q4_0) has a repacked layout on x86")
+        plain = GgmlHead(weight, bias, lm_head, weight_dtype, n_threads)
+        buffer_type = _repack_buffer_type()
+        if buffer_type is None:
+            raise RuntimeError("this ggml build has no CPU_REPACK buffer type")
+        self.weight_dtype, self.type_name = weight_dtype, "Q4_0r"
+        self.ggml_type, self.n_threads = plain.ggml_type, n_threads
+        self.d_proj, self.d_model, self.vocab = plain.d_proj, plain.d_model, plain.vocab
+        self.nbytes = plain.nbytes
+        self._ctx = _context(2 * ggml.ggml_tensor_overhead(), no_alloc=True)
+        self._bias_ctx = _context(ggml.ggml_tensor_overhead(), no_alloc=True)
+        self.weight = ggml.ggml_new_tensor_2d(self._ctx, self.ggml_type, self.d_model,
+                                              self.d_proj)
+        self.lm_head = ggml.ggml_new_tensor_2d(self._ctx, self.ggml_type, self.d_proj,
+                                               self.vocab)
+        self.bias = ggml.ggml_new_tensor_1d(self._bias_ctx, ggml.GGML_TYPE_F32, self.d_proj)
+        self._backend = ggml.ggml_backend_cpu_init()
+        self._buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(self._ctx, buffer_type)
+        self._bias_buffer = ggml.ggml_backend_alloc_ctx_tensors(self._bias_ctx, self._backend)
+        if not self._buffer or not self._bias_buffer:
+            raise MemoryError("ggml_backend_alloc_ctx_tensors failed")
+        for mine, theirs in ((self.weight, plain.weight), (self.lm_head, plain.lm_head),
+                             (self.bias, plain.bias)):
+            ggml.ggml_backend_tensor_set(mine, theirs.contents.data, 0,
+                                         ggml.ggml_nbytes(theirs))
+        del plain
+
+    def graph(self, hidden: np.ndarray, n_threads: Optional[int] = None) -> GgmlBackendGraph:
+        return GgmlBackendGraph(self, hidden, self.n_threads if n_threads is None else n_threads)
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None) is not None:
+            ggml.ggml_backend_buffer_free(self._buffer)
+            ggml.ggml_backend_buffer_free(self._bias_buffer)
+            ggml.ggml_backend_free(self._backend)
+            ggml.ggml_free(self._ctx)
+            ggml.ggml_free(self._bias_ctx)
+            self._ctx = None
+
+
+class GgmlBackendGraph:
+    """A GgmlRepackedHead's graph for one batch of states, in a CPU backend
+    buffer (the states are copied in once, here), computed on its own CPU
+    backend with ``n_threads``."""
+
+    def __init__(self, head: GgmlRepackedHead, hidden: np.ndarray, n_threads: int) -> None:
+        if hidden.dtype != np.float32 or not hidden.flags.c_contiguous:
+            raise ValueError("hidden must be C-contiguous float32")
+        self.head, self.n_threads = head, n_threads
+        self.batch = batch = 1 if hidden.ndim == 1 else hidden.shape[0]
+        self._ctx = ctx = _context(ggml.ggml_graph_overhead() + 16 * ggml.ggml_tensor_overhead(),
+                                   no_alloc=True)
+        inputs = ggml.ggml_new_tensor_2d(ctx, ggml.GGML_TYPE_F32, head.d_model, batch)
+        projected = ggml.ggml_mul_mat(ctx, head.weight, inputs)
+        features = ggml.ggml_silu(ctx, ggml.ggml_add(ctx, projected, head.bias))
+        self.logits = ggml.ggml_mul_mat(ctx, head.lm_head, features)
+        self.tokens = ggml.ggml_argmax(ctx, ggml.ggml_soft_max(ctx, self.logits))
+        self._graph = ggml.ggml_new_graph(ctx)
+        ggml.ggml_build_forward_expand(self._graph, self.tokens)
+        self._backend = ggml.ggml_backend_cpu_init()
+        ggml.ggml_backend_cpu_set_n_threads(self._backend, n_threads)
+        self._buffer = ggml.ggml_backend_alloc_ctx_tensors(ctx, self._backend)
+        if not self._buffer:
+            raise MemoryError("ggml_backend_alloc_ctx_tensors failed")
+        ggml.ggml_backend_tensor_set(inputs, hidden.ctypes.data, 0, hidden.nbytes)
+        self._hidden = hidden
+        self._out = np.empty(batch, dtype=np.int32)
+
+    def run(self) -> np.ndarray:
+        status = ggml.ggml_backend_graph_compute(self._backend, self._graph)
+        if status != 0:
+            raise RuntimeError(f"ggml_backend_graph_compute returned status {status}")
+        ggml.ggml_backend_tensor_get(self.tokens, self._out.ctypes.data, 0, self._out.nbytes)
+        return self._out.copy()
+
+    def logits_array(self) -> np.ndarray:
+        out = np.empty((self.batch, self.head.vocab), dtype=np.float32)
+        ggml.ggml_backend_tensor_get(self.logits, out.ctypes.data, 0, out.nbytes)
+        return out
+
+    def __del__(self) -> None:
+        if getattr(self, "_ctx", None) is not None:
+            ggml.ggml_backend_buffer_free(self._buffer)
+            ggml.ggml_backend_free(self._backend)
+            ggml.ggml_free(self._ctx)
+            self._ctx = None
+
+
 def make_heads(weights: Sequence[np.ndarray], weight_dtypes: Sequence[str],
-               n_threads: int) -> dict[str, GgmlHead]:
+               n_threads: int) -> dict[str, Any]:
     """One GgmlHead per requested weight dtype that ggml has (q8, q4), keyed by
-    the bench contender's name ("ggml Q8_0", "ggml Q4_0")."""
-    return {f"ggml {GGML_TYPES[d]}": GgmlHead(*weights, weight_dtype=d, n_threads=n_threads)
-            for d in weight_dtypes if d in GGML_TYPES}
+    the bench contender's name ("ggml Q8_0", "ggml Q4_0"), and for q4 the
+    repacked one too ("ggml Q4_0 repacked", when this ggml has CPU_REPACK)."""
+    heads: dict[str, Any] = {}
+    for d in weight_dtypes:
+        if d in GGML_TYPES:
+            heads[f"ggml {GGML_TYPES[d]}"] = GgmlHead(*weights, weight_dtype=d,
+                                                       n_threads=n_threads)
+        if d == "q4" and _repack_buffer_type() is not None:
+            heads["ggml Q4_0 repacked"] = GgmlRepackedHead(*weights, weight_dtype=d,
+                                                            n_threads=n_threads)
+    return heads
 
 
-def graphs(heads: dict[str, GgmlHead], hidden: np.ndarray) -> list[tuple[str, GgmlGraph]]:
+def graphs(heads: dict[str, Any], hidden: np.ndarray) -> list[tuple[str, Any]]:
     """The contenders for one batch of states, by name: each head on its thread
     count and, when that is not 1, also on 1 thread ("ggml Q4_0, 1 thread"):
     ggml's thread barriers spin, so on a loaded machine one thread can beat two."""
@@ -210,7 +343,7 @@ def one_thread_name(name: str) -> str:
     return f"{name}, 1 thread"
 
 
-def top1_agreement(head: GgmlHead, hidden: np.ndarray, reference_tokens: np.ndarray
+def top1_agreement(head: Any, hidden: np.ndarray, reference_tokens: np.ndarray
                    ) -> int:
     """How many of the states (rows of ``hidden``) get ``reference_tokens``."""
     graph = head.graph(np.ascontiguousarray(hidden, dtype=np.float32))
@@ -252,14 +385,20 @@ def self_test() -> None:
         z = _q8_0_round_trip(hidden) @ w.T + bias
         x = (z / (1 + np.exp(-z))).astype(np.float32)
         want = _q8_0_round_trip(x) @ lm.T
-        graph = head.graph(hidden)
-        tokens = graph.run()
-        logits = graph.logits_array()
-        error = float(np.abs(logits - want).max())
-        assert error < 1e-4 * float(np.abs(want).max()), (weight_dtype, error)
-        assert np.array_equal(tokens, logits.argmax(axis=1)), weight_dtype
-        print(f"{GGML_TYPES[weight_dtype]}: max |logit - model| {error:.2e} "
-              f"(max |logit| {np.abs(want).max():.2f}); tokens = argmax")
+        kinds = [(GGML_TYPES[weight_dtype], head)]
+        if weight_dtype == "q4" and _repack_buffer_type() is not None:
+            kinds.append(("Q4_0 repacked", GgmlRepackedHead(weight, bias, lm_head, "q4", 2)))
+        for name, one in kinds:
+            for states in (hidden, hidden[3].copy()):        # B = 16 (gemm), B = 1 (gemv)
+                graph = one.graph(states)
+                tokens = graph.run()
+                logits = graph.logits_array()
+                expected = np.atleast_2d(want[3] if states.ndim == 1 else want)
+                error = float(np.abs(logits - expected).max())
+                assert error < 1e-4 * float(np.abs(expected).max()), (name, error)
+                assert np.array_equal(tokens, logits.argmax(axis=1)), name
+                print(f"{name}, B={graph.batch}: max |logit - model| {error:.2e} "
+                      f"(max |logit| {np.abs(expected).max():.2f}); tokens = argmax")
 
 
 if __name__ == "__main__":
