@@ -315,13 +315,19 @@ def make_heads(weights: Sequence[np.ndarray], weight_dtypes: Sequence[str],
                n_threads: int) -> dict[str, Any]:
     """One GgmlHead per requested weight dtype that ggml has (q8, q4), keyed by
     the bench contender's name ("ggml Q8_0", "ggml Q4_0"), and for q4 the
-    repacked one too ("ggml Q4_0 repacked", when this ggml has CPU_REPACK)."""
+    repacked one too ("ggml Q4_0 repacked", when this ggml has CPU_REPACK and
+    d_proj, vocab are multiples of 8).  None when d_model or d_proj is not a
+    multiple of 32 (ggml's block size; it would abort)."""
     heads: dict[str, Any] = {}
+    weight, _, lm_head = weights
+    if weight.shape[1] % 32 or weight.shape[0] % 32:
+        return heads            # ggml's blocks of 32 along d_model and d_proj
+    repackable = weight.shape[0] % 8 == 0 and lm_head.shape[0] % 8 == 0
     for d in weight_dtypes:
         if d in GGML_TYPES:
             heads[f"ggml {GGML_TYPES[d]}"] = GgmlHead(*weights, weight_dtype=d,
                                                        n_threads=n_threads)
-        if d == "q4" and _repack_buffer_type() is not None:
+        if d == "q4" and repackable and _repack_buffer_type() is not None:
             heads["ggml Q4_0 repacked"] = GgmlRepackedHead(*weights, weight_dtype=d,
                                                             n_threads=n_threads)
     return heads

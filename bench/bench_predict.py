@@ -880,6 +880,9 @@ def ggml_setup(weights: Sequence[np.ndarray], heads: dict[str, eagle_fast.DraftH
     if reason is not None:
         return {}, {}, [Measurement("ggml Q8_0 / Q4_0", note=f"skipped: {reason}")]
     ggml_heads = _ggml_contender.make_heads(weights, wanted, n_threads)
+    if not ggml_heads:
+        return {}, {}, [Measurement("ggml Q8_0 / Q4_0", note="skipped: d_model and d_proj "
+                                    "must be multiples of ggml's block size 32")]
     states = np.random.default_rng([SEED, 4, weights[0].shape[1]]).standard_normal(
         (GGML_CHECK_STATES, weights[0].shape[1]), dtype=np.float32)
     want = numpy_forward(states, *weights, TEMPERATURE)[0].argmax(axis=1)
