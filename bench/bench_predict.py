@@ -23,8 +23,9 @@ with the "flat" random weights (below; fixed seed) at each size
 * PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
 * in float32 runs with q8 / q4 among ``--weight-dtypes``, ggml's own Q8_0 / Q4_0
   head (``ggml Q8_0``, ``ggml Q4_0``: ggml's quantizer and ``mul_mat`` on the same
-  weights; ggml's threads = the read probe's, and again on 1 thread) when
-  ``ggml-python`` is importable, else a row saying why; see
+  weights; ggml's threads = the read probe's, and again on 1 thread; and
+  ``ggml Q4_0 repacked``, Q4_0 re-laid 8 rows at a time as llama.cpp runs it on
+  AVX2) when ``ggml-python`` is importable, else a row saying why; see
   bench/_ggml_contender.py.  Its check column is the
   top-1 agreement with the float32 head over 64 states (ggml rounds the
   activations to Q8_0), beside eagle_fast's head of the same storage;
