@@ -216,15 +216,6 @@ class EagleConfig:
                 raise ValueError(f"config {key!r} must be >= {minimum}, got {value}")
             return int(value)
 
-        def number(key: str, default: float) -> float:
-            value = config.get(key, default)
-            if value is None:
-                value = default
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"config {key!r} must be a positive number, got {value!r}")
-            return float(value)
-
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         act = config.get("hidden_act", "silu")
@@ -265,11 +256,22 @@ class EagleConfig:
             raise ValueError("an EAGLE-3 fc has no bias (config 'bias' is true)")
         qkv_bias = bool(config.get("qkv_bias", False))
         return cls(kind, d, integer("intermediate_size"), heads, kv_heads, head_dim, layers,
-                   vocab, draft_vocab, input_size, number("rms_norm_eps", 1e-6),
+                   vocab, draft_vocab, input_size, _positive(config, "rms_norm_eps", 1e-6),
                    theta, factor, fc_bias, qkv_bias, llama3)
 
 
 ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _positive(mapping: Mapping[str, Any], key: str, default: Any, what: str = "") -> float:
+    """``mapping[key]`` (``default`` when absent or null) as a finite float > 0."""
+    value = mapping.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"config {what}{key!r} must be a positive number, got {value!r}")
+    return float(value)
 
 
 def _rope_settings(config: Mapping[str, Any]
@@ -281,15 +283,6 @@ def _rope_settings(config: Mapping[str, Any]
     ``rope_parameters`` object holding ``rope_type`` and ``rope_theta``.  A
     type this drafter does not compute (dynamic NTK, YaRN, ...) is an error
     rather than silently default RoPE."""
-    def positive(mapping: Mapping[str, Any], key: str, default: Any, what: str) -> float:
-        value = mapping.get(key, default)
-        if value is None:
-            value = default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"config {what}{key!r} must be a positive number, got {value!r}")
-        return float(value)
-
     scaling = config.get("rope_scaling")
     parameters = config.get("rope_parameters")
     for name, value in (("rope_scaling", scaling), ("rope_parameters", parameters)):
@@ -299,8 +292,8 @@ def _rope_settings(config: Mapping[str, Any]
             dict(scaling, rope_theta=None) != dict(parameters, rope_theta=None):
         raise ValueError("config has both rope_scaling and rope_parameters, and they differ")
     rope = parameters if parameters is not None else (scaling or {})
-    theta = positive(config, "rope_theta", None, "") if config.get("rope_theta") is not None \
-        else positive(rope, "rope_theta", 10000.0, "rope_parameters ")
+    theta = _positive(config, "rope_theta", None) if config.get("rope_theta") is not None \
+        else _positive(rope, "rope_theta", 10000.0, "rope_parameters ")
     if config.get("rope_theta") is not None and rope.get("rope_theta") is not None \
             and float(rope["rope_theta"]) != theta:
         raise ValueError(f"config rope_theta={config['rope_theta']!r} differs from "
@@ -311,12 +304,12 @@ def _rope_settings(config: Mapping[str, Any]
                          f"(supported: {', '.join(ROPE_TYPES)})")
     if kind == "default":
         return theta, 1.0, None
-    factor = positive(rope, "factor", None, "rope_scaling ")
+    factor = _positive(rope, "factor", None, "rope_scaling ")
     if kind == "linear":
         return theta, factor, None
-    low = positive(rope, "low_freq_factor", None, "rope_scaling ")
-    high = positive(rope, "high_freq_factor", None, "rope_scaling ")
-    original = positive(rope, "original_max_position_embeddings", None, "rope_scaling ")
+    low = _positive(rope, "low_freq_factor", None, "rope_scaling ")
+    high = _positive(rope, "high_freq_factor", None, "rope_scaling ")
+    original = _positive(rope, "original_max_position_embeddings", None, "rope_scaling ")
     if high <= low:
         raise ValueError(f"rope_scaling high_freq_factor={high:g} must exceed "
                          f"low_freq_factor={low:g}")
