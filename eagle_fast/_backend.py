@@ -42,7 +42,7 @@ SIMD_LEVELS = ("x86-64-v3", "baseline")
 # <module>_v3).  Module paths are relative to the eagle_fast package; each
 # fallback lives beside the kernel it replaces.
 KERNEL_MODULES: dict[str, tuple[str, str, bool]] = {
-    # per-row top-k of eagle_fast.speculative.dynamic_tree
+    # per-row top-k of eagle_fast.speculative.dynamic_tree()
     "tree": ("speculative._tree_kernel", "speculative._tree_py", True),
     # tree verification (eagle_fast.speculative.verify)
     "verify": ("speculative._verify_kernel", "speculative._verify_py", True),

@@ -455,6 +455,15 @@ def _bytes_text(n: int) -> str:
     return f"{n} B"
 
 
+def _rope_text(config: dict) -> str:
+    llama3 = config.get("rope_llama3")
+    if llama3 is not None:
+        factor, low, high, original = llama3
+        return (f"llama3 (factor {factor:g}, low/high freq factor {low:g}/{high:g}, "
+                f"original context {original:g})")
+    return f"{config['rope_scaling_factor']:g}"
+
+
 def _eagle_text(info: dict[str, Any]) -> str:
     kind = "EAGLE-3" if info["kind"] == "eagle3" else "EAGLE-1/2"
     text = (f"{kind} draft model: hidden_size={info['hidden_size']}, "
@@ -488,7 +497,7 @@ def inspect_eagle_command(path: str, as_json: bool) -> bool:
         c = info["config"]
         print(f"  config: heads={c['num_attention_heads']}/{c['num_key_value_heads']}, "
               f"head_dim={c['head_dim']}, vocab_size={c['vocab_size']}, "
-              f"rope_theta={c['rope_theta']:g}, rope scaling={c['rope_scaling_factor']:g}, "
+              f"rope_theta={c['rope_theta']:g}, rope scaling={_rope_text(c)}, "
               f"rms_norm_eps={c['rms_norm_eps']:g}")
     elif info["config_error"] is not None:
         print(f"  config: INVALID: {info['config_error']}")

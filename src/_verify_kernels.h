@@ -42,95 +42,61 @@ typedef float ef_vf4 __attribute__((vector_size(16)));
 
 /* -- argmax + finiteness ------------------------------------------------- */
 
-static inline int ef_row_argmax_f32(const float* row, ptrdiff_t n, double* max_out,
-                                    ptrdiff_t* index_out)
-{
-    ptrdiff_t j, n8 = n - n % 8;
-    float best = row[0];
-    ptrdiff_t best_index = 0;
-    float bad_sum = 0.0f;
-    if (n8 >= 8) {
-        ef_vf8 m = EF_VLOAD(ef_vf8, row);
-        ef_vi8 idx = {0, 1, 2, 3, 4, 5, 6, 7}, lane = idx, step = {8, 8, 8, 8, 8, 8, 8, 8};
-        ef_vf8 bad = m - m;
-        for (j = 8; j < n8; j += 8) {
-            ef_vf8 v = EF_VLOAD(ef_vf8, row + j);
-            lane += step;
-            ef_vi8 gt = v > m;
-            m = EF_SELECT(ef_vi8, ef_vf8, gt, v, m);
-            idx = (idx & ~gt) | (lane & gt);
-            bad += v - v;
-        }
-        best = m[0];
-        best_index = idx[0];
-        for (int l = 1; l < 8; l++) {
-            if (m[l] > best || (m[l] == best && idx[l] < best_index)) {
-                best = m[l];
-                best_index = idx[l];
-            }
-        }
-        for (int l = 0; l < 8; l++)
-            bad_sum += bad[l];
-    } else {
-        n8 = 0;
-    }
-    for (j = n8; j < n; j++) {
-        float v = row[j];
-        bad_sum += v - v;
-        if (v > best) {
-            best = v;
-            best_index = j;
-        }
-    }
-    *max_out = best;
-    *index_out = best_index;
-    return bad_sum == 0.0f;
+/* One pass over a row of T, LANES lanes of vector type VT with index lanes VI
+ * (the same width): the lanes keep their own max and its first index, merged
+ * in lane order at the end (ties to the lower index). */
+#define EF_ROW_ARGMAX(name, T, VT, VI, LANES)                                            \
+static inline int name(const T* row, ptrdiff_t n, double* max_out, ptrdiff_t* index_out) \
+{                                                                                         \
+    ptrdiff_t j, nv = n - n % (LANES);                                                    \
+    T best = row[0];                                                                      \
+    ptrdiff_t best_index = 0;                                                             \
+    T bad_sum = 0;                                                                        \
+    if (nv >= (LANES)) {                                                                  \
+        VT m = EF_VLOAD(VT, row);                                                         \
+        VI idx, step;                                                                     \
+        for (int l = 0; l < (LANES); l++) {                                               \
+            idx[l] = l;                                                                   \
+            step[l] = (LANES);                                                            \
+        }                                                                                 \
+        VI lane = idx;                                                                    \
+        VT bad = m - m;                                                                   \
+        for (j = (LANES); j < nv; j += (LANES)) {                                         \
+            VT v = EF_VLOAD(VT, row + j);                                                 \
+            lane += step;                                                                 \
+            VI gt = v > m;                                                                \
+            m = EF_SELECT(VI, VT, gt, v, m);                                              \
+            idx = (idx & ~gt) | (lane & gt);                                              \
+            bad += v - v;                                                                 \
+        }                                                                                 \
+        best = m[0];                                                                      \
+        best_index = (ptrdiff_t) idx[0];                                                  \
+        for (int l = 1; l < (LANES); l++) {                                               \
+            if (m[l] > best || (m[l] == best && idx[l] < best_index)) {                   \
+                best = m[l];                                                              \
+                best_index = (ptrdiff_t) idx[l];                                          \
+            }                                                                             \
+        }                                                                                 \
+        for (int l = 0; l < (LANES); l++)                                                 \
+            bad_sum += bad[l];                                                            \
+    } else {                                                                              \
+        nv = 0;                                                                           \
+    }                                                                                     \
+    for (j = nv; j < n; j++) {                                                            \
+        T v = row[j];                                                                     \
+        bad_sum += v - v;                                                                 \
+        if (v > best) {                                                                   \
+            best = v;                                                                     \
+            best_index = j;                                                               \
+        }                                                                                 \
+    }                                                                                     \
+    *max_out = best;                                                                      \
+    *index_out = best_index;                                                              \
+    return bad_sum == 0;                                                                  \
 }
 
-static inline int ef_row_argmax_f64(const double* row, ptrdiff_t n, double* max_out,
-                                    ptrdiff_t* index_out)
-{
-    ptrdiff_t j, n4 = n - n % 4;
-    double best = row[0];
-    ptrdiff_t best_index = 0;
-    double bad_sum = 0.0;
-    if (n4 >= 4) {
-        ef_vd4 m = EF_VLOAD(ef_vd4, row);
-        ef_vl4 idx = {0, 1, 2, 3}, lane = idx, step = {4, 4, 4, 4};
-        ef_vd4 bad = m - m;
-        for (j = 4; j < n4; j += 4) {
-            ef_vd4 v = EF_VLOAD(ef_vd4, row + j);
-            lane += step;
-            ef_vl4 gt = v > m;
-            m = EF_SELECT(ef_vl4, ef_vd4, gt, v, m);
-            idx = (idx & ~gt) | (lane & gt);
-            bad += v - v;
-        }
-        best = m[0];
-        best_index = (ptrdiff_t) idx[0];
-        for (int l = 1; l < 4; l++) {
-            if (m[l] > best || (m[l] == best && idx[l] < best_index)) {
-                best = m[l];
-                best_index = (ptrdiff_t) idx[l];
-            }
-        }
-        for (int l = 0; l < 4; l++)
-            bad_sum += bad[l];
-    } else {
-        n4 = 0;
-    }
-    for (j = n4; j < n; j++) {
-        double v = row[j];
-        bad_sum += v - v;
-        if (v > best) {
-            best = v;
-            best_index = j;
-        }
-    }
-    *max_out = best;
-    *index_out = best_index;
-    return bad_sum == 0.0;
-}
+EF_ROW_ARGMAX(ef_row_argmax_f32, float, ef_vf8, ef_vi8, 8)
+EF_ROW_ARGMAX(ef_row_argmax_f64, double, ef_vd4, ef_vl4, 4)
 
 /* -- exp ------------------------------------------------------------------ */
 
@@ -182,41 +148,26 @@ static inline double ef_exp_tail(const double* shifted, ptrdiff_t count, double*
     return sum;
 }
 
-static inline double ef_exp_shift_f32(const float* row, ptrdiff_t n, double m, double inv_t,
-                                      double* p)
-{
-    ptrdiff_t j, n4 = n - n % 4;
-    ef_vd4 acc = {0.0, 0.0, 0.0, 0.0};
-    const ef_vd4 vm = {m, m, m, m};
-    double tail[4];
-    for (j = 0; j < n4; j += 4) {
-        ef_vd4 x = __builtin_convertvector(EF_VLOAD(ef_vf4, row + j), ef_vd4);
-        ef_vd4 e = ef_exp_nonpositive((x - vm) * inv_t);
-        EF_VSTORE(p + j, e);
-        acc += e;
-    }
-    for (j = n4; j < n; j++)
-        tail[j - n4] = ((double) row[j] - m) * inv_t;
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ef_exp_tail(tail, n - n4, p + n4);
+/* p[j] = exp((row[j] - m) * inv_t) and their sum; LOADX widens 4 elements. */
+#define EF_EXP_SHIFT(name, T, LOADX)                                                    \
+static inline double name(const T* row, ptrdiff_t n, double m, double inv_t, double* p) \
+{                                                                                        \
+    ptrdiff_t j, n4 = n - n % 4;                                                         \
+    ef_vd4 acc = {0.0, 0.0, 0.0, 0.0};                                                   \
+    const ef_vd4 vm = {m, m, m, m};                                                      \
+    double tail[4];                                                                      \
+    for (j = 0; j < n4; j += 4) {                                                        \
+        ef_vd4 e = ef_exp_nonpositive(((LOADX) - vm) * inv_t);                           \
+        EF_VSTORE(p + j, e);                                                             \
+        acc += e;                                                                        \
+    }                                                                                    \
+    for (j = n4; j < n; j++)                                                             \
+        tail[j - n4] = ((double) row[j] - m) * inv_t;                                    \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ef_exp_tail(tail, n - n4, p + n4);  \
 }
 
-static inline double ef_exp_shift_f64(const double* row, ptrdiff_t n, double m, double inv_t,
-                                      double* p)
-{
-    ptrdiff_t j, n4 = n - n % 4;
-    ef_vd4 acc = {0.0, 0.0, 0.0, 0.0};
-    const ef_vd4 vm = {m, m, m, m};
-    double tail[4];
-    for (j = 0; j < n4; j += 4) {
-        ef_vd4 x = EF_VLOAD(ef_vd4, row + j);
-        ef_vd4 e = ef_exp_nonpositive((x - vm) * inv_t);
-        EF_VSTORE(p + j, e);
-        acc += e;
-    }
-    for (j = n4; j < n; j++)
-        tail[j - n4] = (row[j] - m) * inv_t;
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ef_exp_tail(tail, n - n4, p + n4);
-}
+EF_EXP_SHIFT(ef_exp_shift_f32, float, __builtin_convertvector(EF_VLOAD(ef_vf4, row + j), ef_vd4))
+EF_EXP_SHIFT(ef_exp_shift_f64, double, EF_VLOAD(ef_vd4, row + j))
 
 /* The same exp of one argument (lanes are independent: identical values). */
 static inline double ef_exp1(double x)

@@ -18,14 +18,32 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return out
 
 
-def rope_rotate(vec: np.ndarray, position: int, theta: float, factor: float) -> np.ndarray:
+def rope_frequency(i: int, hd: int, theta: float, llama3=None) -> float:
+    """Angle per position of rotation pair i: theta ** (-2 i / hd), and with
+    Llama 3.1's "llama3" scaling (factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings) written out band by band."""
+    freq = theta ** (-2.0 * i / hd)
+    if llama3 is None:
+        return freq
+    factor, low, high, original = llama3
+    wavelength = 2 * math.pi / freq
+    if wavelength < original / high:        # high-frequency band: unchanged
+        return freq
+    if wavelength > original / low:         # low-frequency band: interpolated
+        return freq / factor
+    weight = (original / wavelength - low) / (high - low)
+    return (1 - weight) * freq / factor + weight * freq
+
+
+def rope_rotate(vec: np.ndarray, position: int, theta: float, factor: float,
+                llama3=None) -> np.ndarray:
     """One head vector (hd,) rotated for ``position``: pair (i, i + hd/2) turns
-    by angle (position / factor) * theta ** (-2 i / hd)."""
+    by angle (position / factor) * rope_frequency(i)."""
     hd = vec.shape[0]
     half = hd // 2
     out = np.empty(hd)
     for i in range(half):
-        angle = (position / factor) * theta ** (-2.0 * i / hd)
+        angle = (position / factor) * rope_frequency(i, hd, theta, llama3)
         c, s = math.cos(angle), math.sin(angle)
         out[i] = vec[i] * c - vec[i + half] * s
         out[i + half] = vec[i + half] * c + vec[i] * s
@@ -76,9 +94,11 @@ class Reference:
         out = np.zeros((T, H * hd))
         for h in range(H):
             g = h // (H // KV)  # grouped-query: query head h reads kv head g
-            qs = [rope_rotate(q[t, h * hd:(h + 1) * hd], positions[t], c["theta"], c["factor"])
+            qs = [rope_rotate(q[t, h * hd:(h + 1) * hd], positions[t], c["theta"], c["factor"],
+                                c.get("llama3"))
                   for t in range(T)]
-            ks = [rope_rotate(k[t, g * hd:(g + 1) * hd], positions[t], c["theta"], c["factor"])
+            ks = [rope_rotate(k[t, g * hd:(g + 1) * hd], positions[t], c["theta"], c["factor"],
+                                c.get("llama3"))
                   for t in range(T)]
             for t in range(T):
                 scores = np.array([float(qs[t] @ ks[s]) / math.sqrt(hd) for s in range(t + 1)])

@@ -485,3 +485,17 @@ def test_slightly_positive_log_probs_still_keep_ancestors():
     tree = dynamic_tree(7, lp_root, lambda r, t: rows, top_k=2, depth=1, total_tokens=3)
     assert tree.tokens.tolist() == [7, 0, 0] and tree.parents.tolist() == [-1, 0, 1]
     np.testing.assert_allclose(tree.scores, [0, -1.0, -1.0 + 5e-4])
+
+
+def test_function_does_not_shadow_a_module():
+    """``eagle_fast.speculative.dynamic_tree`` is the function only; its module
+    is ``eagle_fast.speculative.dynamic`` (a module of the same name was
+    hidden behind the function: ``import eagle_fast.speculative.dynamic_tree
+    as m`` gave the function)."""
+    import importlib
+
+    import eagle_fast.speculative as speculative
+    module = importlib.import_module("eagle_fast.speculative.dynamic")
+    assert speculative.dynamic_tree is module.dynamic_tree and callable(module.dynamic_tree)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("eagle_fast.speculative.dynamic_tree")

@@ -91,10 +91,17 @@ def eagle3_config(draft_vocab=DRAFT_VOCAB):
 
 def reference_for(weights, config, lm_head=None):
     kind = "eagle3" if "draft_vocab_size" in config else "eagle"
-    scaling = config.get("rope_scaling") or {}
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    kind_name = scaling.get("type", scaling.get("rope_type"))
+    llama3 = None
+    if kind_name == "llama3":
+        llama3 = (scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"],
+                  scaling["original_max_position_embeddings"])
     cfg = {"kind": kind, "d": D, "heads": HEADS, "kv_heads": KV, "hd": HD,
            "layers": config["num_hidden_layers"], "eps": config["rms_norm_eps"],
-           "theta": config["rope_theta"], "factor": scaling.get("factor", 1.0)}
+           "theta": config.get("rope_theta", scaling.get("rope_theta")),
+           "factor": scaling.get("factor", 1.0) if kind_name == "linear" else 1.0,
+           "llama3": llama3}
     w = {k: v for k, v in weights.items() if k != "embed_tokens.weight"}
     w["embed"] = weights["embed_tokens.weight"]
     if lm_head is not None:
@@ -141,6 +148,75 @@ def test_eagle3_logprobs_match_reference():
     np.testing.assert_allclose(out, ref_out[-1], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(lp, ref.logprobs(ref_out[-1]), rtol=1e-10, atol=1e-10)
     assert lp.shape == (DRAFT_VOCAB,)
+
+
+# Two llama3 settings for the 2 rotation pairs of HD = 4 (wavelengths 2 pi and
+# 2 pi * 100 at theta 1e4): pair 1 in the interpolated band, then in the divided one.
+LLAMA3_SETTINGS = [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 2048},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 100},
+]
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+@pytest.mark.parametrize("setting", range(len(LLAMA3_SETTINGS)))
+def test_llama3_rope_matches_reference(kind, setting):
+    rng = np.random.default_rng(40 + setting)
+    if kind == "eagle":
+        w, config, width = eagle1_weights(rng, 1), eagle1_config(1), D
+        lm = rng.normal(0, 1.0, (VOCAB, D))
+    else:
+        w, config, width, lm = eagle3_weights(rng), eagle3_config(), 3 * D_TARGET, None
+    config["rope_theta"] = 10000.0
+    config["rope_scaling"] = dict(LLAMA3_SETTINGS[setting])
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, dtype=np.float64)
+    hidden, ids = sequence(rng, 12, width)
+    out, lp = drafter.step_logprobs(hidden, ids)
+    ref_out = reference_for(w, config, lm).outputs(list(hidden), list(ids[1:]))
+    np.testing.assert_allclose(out, ref_out[-1], rtol=1e-10, atol=1e-10)
+    # the scaling matters at these positions: plain RoPE is far off
+    plain = reference_for(w, dict(config, rope_scaling=None), lm).outputs(
+        list(hidden), list(ids[1:]))
+    assert np.abs(plain[-1] - ref_out[-1]).max() > 1e-4
+    # transformers >= 5 writes the same as one rope_parameters object
+    modern = {k: v for k, v in config.items() if k not in ("rope_theta", "rope_scaling")}
+    modern["rope_parameters"] = dict(config["rope_scaling"], rope_theta=10000.0)
+    again = EagleDrafter.from_state_dict(w, modern, lm_head=lm, dtype=np.float64)
+    np.testing.assert_array_equal(again.step_logprobs(hidden, ids)[1], lp)
+
+
+def test_rope_parameters_carry_the_base():
+    rng = np.random.default_rng(44)
+    w, lm = eagle1_weights(rng, 1), rng.normal(0, 1.0, (VOCAB, D))
+    old = eagle1_config(1, theta=500.0, scaling=2.0)
+    modern = {k: v for k, v in old.items() if k not in ("rope_theta", "rope_scaling")}
+    modern["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0}
+    hidden, ids = sequence(rng, 7, D)
+    a = EagleDrafter.from_state_dict(w, old, lm_head=lm, dtype=np.float64)
+    b = EagleDrafter.from_state_dict(w, modern, lm_head=lm, dtype=np.float64)
+    np.testing.assert_array_equal(a.step_logprobs(hidden, ids)[1], b.step_logprobs(hidden, ids)[1])
+
+
+@pytest.mark.parametrize("rope,match", [
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "dynamic.*not supported"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, "yarn.*not supported"),
+    ({"rope_scaling": dict(LLAMA3_SETTINGS[0], low_freq_factor=None)}, "low_freq_factor"),
+    ({"rope_scaling": dict(LLAMA3_SETTINGS[0], high_freq_factor=1.0)}, "must exceed"),
+    ({"rope_scaling": {"type": "linear"}}, "factor"),
+    ({"rope_scaling": {"type": "linear", "factor": -1}}, "factor"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 5.0}}, "differs"),
+    ({"rope_parameters": [1, 2]}, "object"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0},
+      "rope_parameters": {"rope_type": "linear", "factor": 3.0}}, "both"),
+])
+def test_bad_rope_configs(rope, match):
+    rng = np.random.default_rng(45)
+    config = dict(eagle1_config(1), **rope)
+    with pytest.raises(ValueError, match=match):
+        EagleDrafter.from_state_dict(eagle1_weights(rng, 1), config,
+                                     lm_head=np.zeros((VOCAB, D)))
 
 
 def test_reference_is_sensitive_to_the_details():
@@ -550,6 +626,10 @@ def test_cli_inspect_recognises_both_kinds(tmp_path, capsys):
     assert "BF16" in out
     assert main(["inspect", str(e3.parent), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "eagle3"
+    (e3.parent / "config.json").write_text(json.dumps(
+        dict(eagle3_config(), rope_scaling=LLAMA3_SETTINGS[0])))
+    assert main(["inspect", str(e3)]) == 0
+    assert "rope scaling=llama3 (factor 8" in capsys.readouterr().out
 
 
 def test_cli_convert_bin_to_safetensors(tmp_path, capsys):

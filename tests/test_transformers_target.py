@@ -524,3 +524,26 @@ def test_generate_sampling_with_top_k_1_is_greedy_and_medusa_needs_last_layer():
     eagle3 = TransformersTarget(model, hidden_layers=[0, 1, 2])
     with pytest.raises(ValueError, match="d_model"):
         generate(eagle3, medusa_heads(3), [1, 2, 3], max_new_tokens=5)
+
+
+def test_llama3_rope_frequencies_equal_transformers():
+    """The drafter's llama3 RoPE frequencies are Llama 3.1's, as transformers
+    computes them (Llama-3.1-8B settings)."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from eagle_fast.models.eagle import EagleConfig, rope_inverse_frequencies
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    hf_config = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                            max_position_embeddings=131072, rope_theta=500000.0,
+                            rope_scaling=scaling)
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_config, "cpu")
+    ours = EagleConfig.from_dict({
+        "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256, "rope_theta": 500000.0,
+        "rope_scaling": scaling}, "eagle")
+    got = rope_inverse_frequencies(ours, np.float64)
+    np.testing.assert_allclose(got, expected.double().numpy(), rtol=1e-6)
+    plain = 500000.0 ** (-np.arange(0, 128, 2) / 128)
+    assert not np.allclose(got, plain, rtol=1e-3)    # the scaling did something

@@ -14,7 +14,9 @@ feature, next token) pair:
   wide); logits ``lm_head(norm(h))`` over a reduced draft vocabulary, draft
   id i being target id ``i + d2t[i]``.
 
-Layers: attention with RoPE (``rope_theta``, linear ``rope_scaling``) and
+Layers: attention with RoPE (``rope_theta``; ``rope_scaling`` or, as
+transformers >= 5 writes it, ``rope_parameters``: default, linear or Llama
+3.1's ``llama3``) and
 grouped-query heads, then ``h += down(SiLU(gate x) * up x)`` on the
 post-attention RMSNorm.  The q/k/v projections are stacked into one matrix,
 gate/up into another, so a step reads every weight once.  Every matrix
@@ -198,6 +200,9 @@ class EagleConfig:
     rope_scaling_factor: float
     fc_bias: Optional[bool]  # None: as the checkpoint has it
     qkv_bias: bool
+    # Llama 3.1 "llama3" RoPE: (factor, low_freq_factor, high_freq_factor,
+    # original_max_position_embeddings); None for default/linear RoPE.
+    rope_llama3: Optional[tuple[float, float, float, float]] = None
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any], kind: str) -> EagleConfig:
@@ -210,15 +215,6 @@ class EagleConfig:
             if value < minimum:
                 raise ValueError(f"config {key!r} must be >= {minimum}, got {value}")
             return int(value)
-
-        def number(key: str, default: float) -> float:
-            value = config.get(key, default)
-            if value is None:
-                value = default
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"config {key!r} must be a positive number, got {value!r}")
-            return float(value)
 
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -252,23 +248,7 @@ class EagleConfig:
             draft_vocab = vocab
             input_size = d
             layers = integer("num_hidden_layers", 1)
-        scaling = config.get("rope_scaling")
-        factor = 1.0
-        if scaling is not None:
-            if not isinstance(scaling, Mapping):
-                raise ValueError(f"config rope_scaling must be an object, got {scaling!r}")
-            kind_name = scaling.get("type", scaling.get("rope_type"))
-            if kind_name in (None, "default"):
-                factor = 1.0
-            elif kind_name == "linear":
-                factor = scaling.get("factor", 1.0)
-                if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
-                        or not (math.isfinite(factor) and factor > 0):
-                    raise ValueError(f"rope_scaling factor must be > 0, got {factor!r}")
-            else:
-                raise ValueError(f"rope_scaling type {kind_name!r} is not supported "
-                                 "(only linear scaling)")
-            factor = float(factor)
+        theta, factor, llama3 = _rope_settings(config)
         fc_bias = config.get("bias")
         if fc_bias is not None and not isinstance(fc_bias, bool):
             raise ValueError(f"config 'bias' must be true or false, got {fc_bias!r}")
@@ -276,8 +256,84 @@ class EagleConfig:
             raise ValueError("an EAGLE-3 fc has no bias (config 'bias' is true)")
         qkv_bias = bool(config.get("qkv_bias", False))
         return cls(kind, d, integer("intermediate_size"), heads, kv_heads, head_dim, layers,
-                   vocab, draft_vocab, input_size, number("rms_norm_eps", 1e-6),
-                   number("rope_theta", 10000.0), factor, fc_bias, qkv_bias)
+                   vocab, draft_vocab, input_size, _positive(config, "rms_norm_eps", 1e-6),
+                   theta, factor, fc_bias, qkv_bias, llama3)
+
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def _positive(mapping: Mapping[str, Any], key: str, default: Any, what: str = "") -> float:
+    """``mapping[key]`` (``default`` when absent or null) as a finite float > 0."""
+    value = mapping.get(key, default)
+    if value is None:
+        value = default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"config {what}{key!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _rope_settings(config: Mapping[str, Any]
+                   ) -> tuple[float, float, Optional[tuple[float, float, float, float]]]:
+    """RoPE base, linear position factor and llama3 parameters of a config.
+
+    Older configs (and SafeAILab/EAGLE's) carry ``rope_theta`` and
+    ``rope_scaling`` (``type`` or ``rope_type``); transformers >= 5 writes one
+    ``rope_parameters`` object holding ``rope_type`` and ``rope_theta``.  A
+    type this drafter does not compute (dynamic NTK, YaRN, ...) is an error
+    rather than silently default RoPE."""
+    scaling = config.get("rope_scaling")
+    parameters = config.get("rope_parameters")
+    for name, value in (("rope_scaling", scaling), ("rope_parameters", parameters)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(f"config {name} must be an object, got {value!r}")
+    if scaling is not None and parameters is not None and \
+            dict(scaling, rope_theta=None) != dict(parameters, rope_theta=None):
+        raise ValueError("config has both rope_scaling and rope_parameters, and they differ")
+    rope = parameters if parameters is not None else (scaling or {})
+    theta = _positive(config, "rope_theta", None) if config.get("rope_theta") is not None \
+        else _positive(rope, "rope_theta", 10000.0, "rope_parameters ")
+    if config.get("rope_theta") is not None and rope.get("rope_theta") is not None \
+            and float(rope["rope_theta"]) != theta:
+        raise ValueError(f"config rope_theta={config['rope_theta']!r} differs from "
+                         f"rope_parameters rope_theta={rope['rope_theta']!r}")
+    kind = rope.get("rope_type", rope.get("type")) or "default"
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"rope_scaling type {kind!r} is not supported "
+                         f"(supported: {', '.join(ROPE_TYPES)})")
+    if kind == "default":
+        return theta, 1.0, None
+    factor = _positive(rope, "factor", None, "rope_scaling ")
+    if kind == "linear":
+        return theta, factor, None
+    low = _positive(rope, "low_freq_factor", None, "rope_scaling ")
+    high = _positive(rope, "high_freq_factor", None, "rope_scaling ")
+    original = _positive(rope, "original_max_position_embeddings", None, "rope_scaling ")
+    if high <= low:
+        raise ValueError(f"rope_scaling high_freq_factor={high:g} must exceed "
+                         f"low_freq_factor={low:g}")
+    return theta, 1.0, (factor, low, high, original)
+
+
+def rope_inverse_frequencies(config: EagleConfig, dtype: np.dtype) -> np.ndarray:
+    """theta ** (-2 i / head_dim) for the head_dim / 2 rotation pairs, in
+    ``dtype``; with llama3 RoPE, wavelengths longer than
+    original / low_freq_factor are divided by ``factor``, shorter than
+    original / high_freq_factor kept, and the band between interpolated
+    linearly in original / wavelength (Llama 3.1's definition)."""
+    dtype = np.dtype(dtype)
+    exponent = np.arange(0, config.head_dim, 2, dtype=dtype) / dtype.type(config.head_dim)
+    inv_freq = (1.0 / (dtype.type(config.rope_theta) ** exponent)).astype(dtype)
+    if config.rope_llama3 is None:
+        return inv_freq
+    factor, low, high, original = config.rope_llama3
+    base = inv_freq.astype(np.float64)
+    wavelength = 2 * math.pi / base
+    smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)
+    # smooth == 0: long wavelengths, all divided; smooth == 1: short ones, kept
+    scaled = (1 - smooth) * base / factor + smooth * base
+    return scaled.astype(dtype)
 
 
 def detect_kind(names: Any, config: Optional[Mapping[str, Any]] = None) -> str:
@@ -372,11 +428,7 @@ class EagleDrafter:
         self._cache = _KVCache(config.num_hidden_layers, config.num_key_value_heads,
                                config.head_dim, self.dtype)
         self._seen = np.zeros(0, dtype=np.int64)
-        half = config.head_dim // 2
-        exponent = np.arange(0, config.head_dim, 2, dtype=self.dtype) / self.dtype.type(
-            config.head_dim)
-        self._inv_freq = (1.0 / (self.dtype.type(config.rope_theta) ** exponent)).astype(
-            self.dtype)[:half]
+        self._inv_freq = rope_inverse_frequencies(config, self.dtype)
         self._default_threads = int(self._ops.max_threads())
 
     # -- construction ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from .drafter import (ChainDrafter, DraftContext, Drafter, EagleTreeDrafter, MedusaDrafter,
                       NoDrafter, as_drafter)
-from .dynamic_tree import dynamic_tree, max_dynamic_tree_tokens
+from .dynamic import dynamic_tree, max_dynamic_tree_tokens
 from .medusa_choices import MC_SIM_7B_63, MEDUSA_CHOICES
 from .loop import GenerationResult, GenerationTimings, generate
 from .medusa_tree import TreeTemplate
