@@ -33,21 +33,19 @@ def max_threads() -> int:
 # NumPy's Python-level wrappers where NumPy exposes the function underneath.
 #
 # The products keep two promises: a batch gives exactly what its states give
-# one by one, and equal LM-head rows give equal logits (ties stay exact):
-#
-# * Small heads (fewer than GEMV_MIN_WEIGHTS weights) multiply the whole
-#   batch in one ``_einsum("ij,bj->bi", matrix, vectors)``: NumPy's own einsum
-#   loop reduces every (vector, row) pair by the same loop over the row,
-#   whatever the batch and the row's position; one call per matrix is what
-#   counts when the arithmetic takes less time than calling NumPy.
-# * Larger heads multiply state by state with ``np.dot(matrix, vector)``
-#   (BLAS gemv, several times faster than einsum's loop): one state's product
-#   is the same call whether it comes alone or in a batch (the test suite
-#   checks vectors at every alignment and batch sizes around the blocks).
-#   gemv does not promise equal results for equal rows (its kernels take
-#   rows in blocks, with another kernel for the remainder), so a head whose
-#   LM head has repeated rows copies each repeat's logit from its first
-#   occurrence after the product.
+# one by one, and equal LM-head rows give equal logits (ties stay exact).
+# Every state's product is one BLAS matrix-vector product (gemv) with the
+# same arguments whatever the batch: a single state is ``_dot(matrix,
+# vector)``, a batch ``_matmul(matrix[None], states[:, :, None])``, whose loop
+# over the stacked states calls that same gemv on each (one NumPy call for
+# the whole batch), so a state's products do not depend on the batch (the
+# test suite checks it bit for bit at every alignment and at batch sizes
+# around the blocks).  gemv is 2-4x faster
+# than einsum's loop at 256 x 128 x 1000 and costs less to call at 16 x 8 x 50
+# (one NumPy call per matrix whatever the batch).  gemv does not promise equal
+# results for equal rows (its kernels take rows in blocks, with another kernel
+# for the remainder), so a head whose LM head has repeated rows copies each
+# repeat's logit from its first occurrence after the product.
 # * ``_ignore_fp_errors()`` / ``_restore_fp_errors(token)`` is
 #   ``np.errstate(all="ignore")`` (overflow and NaN are reported through
 #   n_bad, never as warnings): NumPy >= 2 keeps the error state in a context
@@ -78,19 +76,12 @@ else:
 _add_reduce = np.add.reduce
 _add = np.add
 _max_reduce = np.maximum.reduce
+_matmul = np.matmul
 _dot = np.dot
 _exp = np.exp
 _subtract = np.subtract
 _divide = np.divide
 _FLOAT64 = np.dtype(np.float64)
-
-# Heads with at least this many weights (both matrices) multiply state by
-# state with BLAS gemv; smaller ones batch everything through einsum (see
-# above).  At 16x8x50 (528 weights) a product costs about a NumPy call either
-# way and one einsum per batch beats B gemv calls; at 256x128x1000 gemv is
-# 2-4x faster than einsum's loop.
-GEMV_MIN_WEIGHTS = 4096
-
 
 def repeated_rows(matrix: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """``(repeats, firsts)``: the rows of ``matrix`` equal in value (as
@@ -155,20 +146,12 @@ class KernelHead:
         self._float64 = projection_bias.dtype == np.float64
         if residual and self.d_proj != self.d_model:
             raise ValueError("a residual head needs d_proj == d_model")
-        self.gemv = self.weight.size + self.lm_head.size >= GEMV_MIN_WEIGHTS
-        self._repeats = repeated_rows(self.lm_head) if self.gemv else None
+        # The stacked forms the products take (see above), made once.
+        self._weight3 = self.weight[None]
+        self._lm_head3 = self.lm_head[None]
+        self._repeats = repeated_rows(self.lm_head)
         # A 0-d array of the dtype adds faster than the Python scalar 1.
         self._one = np.ones((), projection_bias.dtype)
-
-    def _products(self, matrix: np.ndarray, vectors: np.ndarray) -> np.ndarray:
-        """``vectors @ matrix.T`` for (B, n) ``vectors``, each row computed
-        alone (gemv heads) or the batch in one einsum (small heads)."""
-        if not self.gemv:
-            return _einsum("ij,bj->bi", matrix, vectors)
-        out = np.empty((vectors.shape[0], matrix.shape[0]), matrix.dtype)
-        for i in range(vectors.shape[0]):
-            _dot(matrix, vectors[i], out=out[i])
-        return out
 
     def forward(self, hidden: np.ndarray, temperature: float, top_k: int,
                 want_logits: bool, want_probs: bool, n_threads: int) -> ForwardResult:
@@ -177,18 +160,21 @@ class KernelHead:
         like the compiled kernel's; n_bad counts states with a non-finite softmax.
 
         Every state's result is exactly what it gets alone: the products are
-        computed per (state, row) the same way whatever the batch (see
-        above); everything after is elementwise or per row."""
+        one gemv per state whatever the batch (see above); everything after
+        is elementwise or per row."""
         float64 = self._float64
+        single = hidden.ndim == 1
+        n_states = 1 if single else hidden.shape[0]
         errors = _ignore_fp_errors()
         try:
-            if hidden.ndim == 1:
-                if self.gemv:
-                    v = _dot(self.weight, hidden)
-                else:
-                    v = _einsum("ij,bj->bi", self.weight, hidden[None])[0]
+            # A batch as a stack of column vectors (B, d, 1); the elementwise
+            # steps run on plain (d_proj,) or (B, d_proj) views (cheaper to
+            # broadcast).
+            if single:
+                v = _dot(self.weight, hidden)
             else:
-                v = self._products(self.weight, hidden)
+                v = _matmul(self._weight3, hidden.reshape(n_states, self.d_model, 1)).reshape(
+                    n_states, self.d_proj)
             v += self.bias
             # SiLU with the spec's cut-off.  For v >= 500, v / (1 + exp(-v))
             # already is exactly v (1 + exp(-v) rounds to 1), and so is -0.0
@@ -201,13 +187,11 @@ class KernelHead:
                 x = np.where(v > -500, x, v * 0)
             if self.residual:
                 x += hidden
-            if hidden.ndim == 1:
-                if self.gemv:
-                    scores = _dot(self.lm_head, x)
-                else:
-                    scores = _einsum("ij,bj->bi", self.lm_head, x[None])[0]
+            if single:
+                scores = _dot(self.lm_head, x)
             else:
-                scores = self._products(self.lm_head, x)
+                scores = _matmul(self._lm_head3, x.reshape(n_states, self.d_proj, 1)).reshape(
+                    n_states, self.vocab)
             if self._repeats is not None:
                 scores[..., self._repeats[0]] = scores[..., self._repeats[1]]
             if temperature > 0 and temperature != 1.0:  # (x / 1.0 is x)
@@ -216,7 +200,7 @@ class KernelHead:
                 else:
                     # Divide in float64: a tiny T must not underflow to 0 in float32.
                     scores = (scores.astype(np.float64) / temperature).astype(np.float32)
-            if hidden.ndim == 1:
+            if single:
                 return self._finish_one(scores, top_k, want_logits, want_probs)
             # The softmax is shifted by the largest logit; a non-finite
             # largest logit makes the total NaN, so the totals alone tell

@@ -177,28 +177,36 @@ def test_compiled_spec_function_matches_plain_loops_on_lists():
 # ---------------------------------------------------------------------------
 
 @backend_independent
-def test_fallback_batch_costs_a_constant_number_of_products(monkeypatch):
-    """The fallback multiplies a whole batch in one einsum per matrix (it
-    used to loop over the states), with results equal to the states alone."""
+@pytest.mark.parametrize("shape", [(16, 8, 50), (256, 128, 1000)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fallback_batch_costs_a_constant_number_of_products(monkeypatch, shape):
+    """The fallback multiplies a whole batch in one NumPy call per matrix
+    (stacked matmul: one BLAS gemv per state inside it; it used to loop over
+    the states in Python, then to use einsum's slower loop), a single state
+    with np.dot (the same gemv), with results equal to the states alone."""
     from eagle_fast import _draft_py
     calls = []
-    real = _draft_py._einsum
-
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_draft_py, "_einsum", counting)
+    for name in ("_matmul", "_dot"):
+        real = getattr(_draft_py, name)
+        monkeypatch.setattr(_draft_py, name, lambda *a, _real=real, _name=name, **k:
+                            calls.append((_name, [np.shape(x) for x in a])) or _real(*a, **k))
     previous = _backend.active()
     _backend.use("python")
     try:
         rng = np.random.default_rng(6)
-        head = DraftHead(*random_head(rng, 16, 8, 50))
-        hidden = rng.standard_normal((9, 16))
-        for batch in (hidden[0], hidden[:1], hidden):
+        d_model, d_proj, vocab = shape
+        head = DraftHead(*random_head(rng, d_model, d_proj, vocab))
+        hidden = rng.standard_normal((9, d_model))
+        for batch in (hidden[0], hidden[:1], hidden[:4], hidden):
             calls.clear()
             head.predict(batch, top_k=2)
-            assert len(calls) == 2
+            if batch.ndim == 1:    # np.dot: one gemv per matrix
+                assert calls == [("_dot", [(d_proj, d_model), (d_model,)]),
+                                 ("_dot", [(vocab, d_proj), (d_proj,)])]
+            else:                  # each matrix as a stack of one, the states as columns
+                n = batch.shape[0]
+                assert calls == [("_matmul", [(1, d_proj, d_model), (n, d_model, 1)]),
+                                 ("_matmul", [(1, vocab, d_proj), (n, d_proj, 1)])]
         together = head.predict(hidden, top_k=3, return_logits=True, return_probs=True)
         for i, state in enumerate(hidden):
             alone = head.predict(state, top_k=3, return_logits=True, return_probs=True)
@@ -274,8 +282,8 @@ def test_complex_list_elements_raise(position):
 
 
 # ---------------------------------------------------------------------------
-# The fallback's products: einsum for small heads, gemv per state for larger
-# ones, with repeated LM-head rows copied from their first occurrence.
+# The fallback's products: one gemv per state, with repeated LM-head rows
+# copied from their first occurrence.
 # ---------------------------------------------------------------------------
 
 def _python_head(*weights, **options):
@@ -289,32 +297,6 @@ def _python_head(*weights, **options):
 
 BENCH_SHAPES = pytest.mark.parametrize("shape", [(16, 8, 50), (256, 128, 1000)],
                                        ids=lambda s: "x".join(map(str, s)))
-
-
-@backend_independent
-@BENCH_SHAPES
-def test_fallback_product_calls(monkeypatch, shape):
-    """Which NumPy products a fallback predict makes: small heads one einsum
-    per matrix for the whole batch, larger heads one np.dot per state and
-    matrix (BLAS gemv, the fast path at 256x128x1000)."""
-    from eagle_fast import _draft_py
-    calls = []
-    for name in ("_einsum", "_dot"):
-        real = getattr(_draft_py, name)
-        monkeypatch.setattr(_draft_py, name,
-                            lambda *a, _real=real, _name=name, **k: calls.append(_name)
-                            or _real(*a, **k))
-    rng = np.random.default_rng(11)
-    d_model, d_proj, vocab = shape
-    head = _python_head(*random_head(rng, d_model, d_proj, vocab, dtype=np.float32))
-    gemv = d_proj * d_model + vocab * d_proj >= _draft_py.GEMV_MIN_WEIGHTS
-    assert gemv == (shape != (16, 8, 50))
-    for batch in (None, 1, 4):
-        hidden = rng.standard_normal(d_model if batch is None else (batch, d_model))
-        calls.clear()
-        head.predict(hidden.astype(np.float32))
-        n_states = 1 if batch is None else batch
-        assert calls == (["_dot"] * (2 * n_states) if gemv else ["_einsum"] * 2)
 
 
 def brute_force_repeats(matrix):
@@ -352,7 +334,7 @@ def test_repeated_rows_match_brute_force(dtype):
 @backend_independent
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fallback_gemv_head_ties_and_batches(dtype):
-    """A gemv-sized fallback head whose LM head repeats rows at every
+    """A fallback head whose LM head repeats rows at every
     position: copies of a row get exactly the same logit (so ties go to the
     lower id), and a batch gives its states' own results bit for bit."""
     rng = np.random.default_rng(13)
@@ -360,7 +342,7 @@ def test_fallback_gemv_head_ties_and_batches(dtype):
     distinct = rng.standard_normal((5, 75)).astype(dtype)
     L = distinct[rng.integers(0, 5, 1003)]
     head = _python_head(W, b, L)
-    assert head._kernel.gemv and head._kernel._repeats is not None
+    assert head._kernel._repeats is not None
     pool = rng.standard_normal((9, 67)).astype(dtype)
     together = head.predict(pool, top_k=3, return_logits=True, return_probs=True)
     for i, state in enumerate(pool):
