@@ -83,13 +83,24 @@ _subtract = np.subtract
 _divide = np.divide
 _FLOAT64 = np.dtype(np.float64)
 
+
+def _as_int64(indices: np.ndarray) -> np.ndarray:
+    """argmax's intp indices as int64 (the same array where intp is int64)."""
+    return indices.astype(np.int64)
+
+
+if np.dtype(np.intp) == np.int64:
+    def _as_int64(indices: np.ndarray) -> np.ndarray:  # noqa: F811
+        return indices
+
 def repeated_rows(matrix: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
     """``(repeats, firsts)``: the rows of ``matrix`` equal in value (as
     floats: -0.0 == 0.0) to an earlier row, and that earlier row's index (the
     first occurrence); None when all rows differ.  One einsum pass fingerprints
     the rows (equal rows get equal fingerprints: einsum's loop treats every row
     alike); rows with equal fingerprints are then compared element by element."""
-    probe = np.random.default_rng(0x5EED).uniform(0.5, 1.5, matrix.shape[1]).astype(matrix.dtype)
+    probe = np.asarray(np.random.default_rng(0x5EED).uniform(0.5, 1.5, matrix.shape[1]),
+                       dtype=matrix.dtype)
     errors = _ignore_fp_errors()
     try:
         fingerprint = _einsum("ij,j->i", matrix, probe)
@@ -211,10 +222,12 @@ class KernelHead:
         finally:
             _restore_fp_errors(errors)
         n_bad = 0
-        if not math.isfinite(_add_reduce(total, axis=None)):  # the totals are in [1, V]
+        # The totals are in [1, V]: their sum is finite unless one is not
+        # (summed as a list: cheaper than a NumPy reduction for small B).
+        if not math.isfinite(sum(total.ravel().tolist())):
             n_bad = hidden.shape[0] - int(np.count_nonzero(np.isfinite(total)))
         if top_k == 1:
-            tokens = scores.argmax(axis=1, keepdims=True).astype(np.int64, copy=False)
+            tokens = _as_int64(scores.argmax(axis=1, keepdims=True))
             token_probs = (1.0 / total).astype(scores.dtype, copy=False)
         else:
             # Stable sort of the negated scores: best first, ties to the lower id.
@@ -231,13 +244,13 @@ class KernelHead:
         """The softmax and top-k of one state's (V,) logits, with the batch
         path's arithmetic in 1-D (the shift is the first largest logit, the
         batch path's maximum)."""
-        best = scores.argmax(keepdims=True)
+        best = scores.argmax(keepdims=True)  # type: ignore[call-overload]
         shifted = _subtract(scores, scores[best[0]])
         _exp(shifted, out=shifted)
         total = _add_reduce(shifted, dtype=_FLOAT64)
         n_bad = 0 if math.isfinite(total) else 1
         if top_k == 1:
-            tokens = best.astype(np.int64, copy=False)
+            tokens = _as_int64(best)
             token_probs = np.array([1.0 / total], dtype=scores.dtype)
         else:
             tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64, copy=False)
