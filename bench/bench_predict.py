@@ -34,7 +34,10 @@ with the "flat" random weights (below; fixed seed) at each size
   writes it; ``spec_reference`` below), and ``eagle_fast.eagle_draft_from_hidden``
   -- compiled on nested lists and on float64 arrays, and the Python fallback
   on lists -- each with its speed-up over the reference (``vs reference``,
-  printed under the table; ``ratio_spec_reference`` in the JSON);
+  printed under the table; ``ratio_spec_reference`` in the JSON), beside
+  NumPy by hand from the same lists (``np.asarray`` of each, then the NumPy
+  head in float64: what a user with those lists would otherwise write);
+  under the table, the Python fallback's speed-up over NumPy by hand too;
 * read probes: eagle_fast's compiled ``read_probe`` sums every weight byte
   once, on 1 thread and on all threads, 8 concurrent streams per thread.
   The faster one is the reference bandwidth: at batch 1 a draft head is
@@ -180,6 +183,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NUMPY = "numpy"
 TORCH = "torch"
 SPEC_REFERENCE = "spec reference (pure Python)"
+NUMPY_FROM_LISTS = "numpy by hand (from lists)"
 PYTHON_FALLBACK = "eagle_fast python"
 
 
@@ -656,6 +660,12 @@ def build_contenders(size: Size, batch: int, weights: Sequence[np.ndarray],
         contenders.append(Contender(
             SPEC_REFERENCE, lambda: spec_reference(*lists, TEMPERATURE)["predicted_token"],
             weight_dtype="list", weight_bytes=weight_bytes))
+        # What a user with the same nested lists would otherwise write:
+        # convert them with NumPy, then the head in NumPy (float64).
+        contenders.append(Contender(
+            NUMPY_FROM_LISTS,
+            lambda: numpy_forward(*(np.asarray(a) for a in lists), TEMPERATURE)[1].argmax(),
+            weight_dtype="list", weight_bytes=weight_bytes))
         backends = (["compiled"] if _backend.compiled_available() else []) + ["python"]
         for backend in backends:
             spec = _backend.load(backend)
@@ -763,7 +773,7 @@ def summarize(measurements: list[Measurement], reference: Optional[str]) -> Opti
     ref_s = timed[reference].median_s if reference in timed else None
     spec_s = timed[SPEC_REFERENCE].median_s if SPEC_REFERENCE in timed else None
     for m in timed.values():
-        if spec_s is not None and (m.name == SPEC_REFERENCE
+        if spec_s is not None and (m.name in (SPEC_REFERENCE, NUMPY_FROM_LISTS)
                                    or m.name.startswith("eagle_draft_from_hidden")):
             m.ratio_spec_reference = spec_s / m.median_s
         if probe_gbps and m.gbps is not None:
@@ -795,9 +805,21 @@ def print_case(case: CaseResult) -> None:
               f"{format_optional(m.ratio_numpy, '8.2f', 'x'):>9s} "
               f"{format_optional(m.ratio_torch, '8.2f', 'x'):>9s} "
               f"{format_optional(m.ratio_eagle_fast, '7.2f', 'x'):>8s}  {m.check}")
+    # The per-call comparisons of issue 9 item 12, from this run's medians:
+    # the fallback against NumPy by hand, the spec function against its
+    # reference and against NumPy by hand from the same lists.
+    timed = {m.name: m for m in case.measurements if m.median_s is not None}
+    if PYTHON_FALLBACK in timed and timed[PYTHON_FALLBACK].ratio_numpy is not None:
+        print(f"  {PYTHON_FALLBACK} vs numpy by hand: "
+              f"{timed[PYTHON_FALLBACK].ratio_numpy:.2f}x (> 1: the fallback is faster)")
+    from_lists = timed.get(NUMPY_FROM_LISTS)
     for m in case.measurements:
         if m.ratio_spec_reference is not None and m.name != SPEC_REFERENCE:
-            print(f"  {m.name} vs the spec's reference: {m.ratio_spec_reference:.1f}x")
+            extra = ""
+            if (from_lists is not None and m.name != NUMPY_FROM_LISTS
+                    and m.median_s is not None and from_lists.median_s is not None):
+                extra = f", vs {NUMPY_FROM_LISTS}: {from_lists.median_s / m.median_s:.1f}x"
+            print(f"  {m.name} vs the spec's reference: {m.ratio_spec_reference:.1f}x{extra}")
     for m in case.measurements:
         if m.check.startswith("MISMATCH"):
             print(f"  WARNING: {m.name} predicted tokens differ from NumPy's argmax "

@@ -1,8 +1,9 @@
 """Pure-Python (NumPy) fallback of the fused draft kernel in src/_draft_kernel.pyx.
 
 Same API and semantics: x = SiLU(W h + b) with the spec's |v| >= 500 cut-off,
-logits = L x / T (unscaled for T <= 0), softmax statistics in float64, top-k
-best first with ties to the lower token id.  Used when the extension is not
+logits = L x / T (unscaled for T <= 0), the softmax shifted by the largest
+logit (exp in the head's dtype, sums in float64), top-k best first with ties
+to the lower token id.  Used when the extension is not
 built or EAGLE_FAST_BACKEND=python.
 """
 
@@ -29,15 +30,22 @@ def max_threads() -> int:
 
 
 # Per-call costs are most of a small head's time, so the hot calls skip
-# NumPy's Python-level wrappers where NumPy exposes the function underneath:
+# NumPy's Python-level wrappers where NumPy exposes the function underneath.
 #
-# * ``_einsum("ij,bj->bi", matrix, vectors)`` is ``vectors @ matrix.T`` with
-#   every (vector, row) pair reduced by the same loop over the row, so equal
-#   rows give equal results (which keeps ties between tokens exact) and a
-#   batch gives exactly what its vectors give one by one.  BLAS gemv/gemm
-#   block rows and guarantee neither; NumPy's own einsum loop does (the test
-#   suite checks it on rows of every alignment and on batch sizes around the
-#   blocks).  np.einsum's wrapper costs as much as the product of a small head.
+# The products keep two promises: a batch gives exactly what its states give
+# one by one, and equal LM-head rows give equal logits (ties stay exact).
+# Every state's product is one BLAS matrix-vector product (gemv) with the
+# same arguments whatever the batch: a single state is ``_dot(matrix,
+# vector)``, a batch ``_matmul(matrix[None], states[:, :, None])``, whose loop
+# over the stacked states calls that same gemv on each (one NumPy call for
+# the whole batch), so a state's products do not depend on the batch (the
+# test suite checks it bit for bit at every alignment and at batch sizes
+# around the blocks).  gemv is 2-4x faster
+# than einsum's loop at 256 x 128 x 1000 and costs less to call at 16 x 8 x 50
+# (one NumPy call per matrix whatever the batch).  gemv does not promise equal
+# results for equal rows (its kernels take rows in blocks, with another kernel
+# for the remainder), so a head whose LM head has repeated rows copies each
+# repeat's logit from its first occurrence after the product.
 # * ``_ignore_fp_errors()`` / ``_restore_fp_errors(token)`` is
 #   ``np.errstate(all="ignore")`` (overflow and NaN are reported through
 #   n_bad, never as warnings): NumPy >= 2 keeps the error state in a context
@@ -66,6 +74,56 @@ else:
     _restore_fp_errors = _extobj_contextvar.reset
 
 _add_reduce = np.add.reduce
+_add = np.add
+_max_reduce = np.maximum.reduce
+_matmul = np.matmul
+_dot = np.dot
+_exp = np.exp
+_subtract = np.subtract
+_divide = np.divide
+_FLOAT64 = np.dtype(np.float64)
+
+
+def _as_int64(indices: np.ndarray) -> np.ndarray:
+    """argmax's intp indices as int64 (the same array where intp is int64)."""
+    return indices.astype(np.int64)
+
+
+if np.dtype(np.intp) == np.int64:
+    def _as_int64(indices: np.ndarray) -> np.ndarray:  # noqa: F811
+        return indices
+
+def repeated_rows(matrix: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """``(repeats, firsts)``: the rows of ``matrix`` equal in value (as
+    floats: -0.0 == 0.0) to an earlier row, and that earlier row's index (the
+    first occurrence); None when all rows differ.  One einsum pass fingerprints
+    the rows (equal rows get equal fingerprints: einsum's loop treats every row
+    alike); rows with equal fingerprints are then compared element by element."""
+    probe = np.asarray(np.random.default_rng(0x5EED).uniform(0.5, 1.5, matrix.shape[1]),
+                       dtype=matrix.dtype)
+    errors = _ignore_fp_errors()
+    try:
+        fingerprint = _einsum("ij,j->i", matrix, probe)
+    finally:
+        _restore_fp_errors(errors)
+    fingerprint[np.isnan(fingerprint)] = np.inf  # inf - inf: still a candidate
+    order = np.argsort(fingerprint, kind="stable")  # equal prints stay in row order
+    ordered = fingerprint[order]
+    change = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    starts = np.concatenate(([0], change))
+    stops = np.concatenate((change, [order.size]))
+    repeats: list[np.ndarray] = []
+    firsts: list[np.ndarray] = []
+    for run in np.flatnonzero(stops - starts > 1).tolist():
+        rows = order[starts[run]:stops[run]]
+        while rows.size > 1:
+            equal = (matrix[rows[1:]] == matrix[rows[0]]).all(axis=1)
+            repeats.append(rows[1:][equal])
+            firsts.append(np.full(int(equal.sum()), rows[0], dtype=np.intp))
+            rows = rows[1:][~equal]
+    if not repeats or not sum(r.size for r in repeats):
+        return None
+    return np.concatenate(repeats).astype(np.intp), np.concatenate(firsts)
 
 
 def _as_compute(matrix: np.ndarray, weight_dtype: str,
@@ -99,6 +157,12 @@ class KernelHead:
         self._float64 = projection_bias.dtype == np.float64
         if residual and self.d_proj != self.d_model:
             raise ValueError("a residual head needs d_proj == d_model")
+        # The stacked forms the products take (see above), made once.
+        self._weight3 = self.weight[None]
+        self._lm_head3 = self.lm_head[None]
+        self._repeats = repeated_rows(self.lm_head)
+        # A 0-d array of the dtype adds faster than the Python scalar 1.
+        self._one = np.ones((), projection_bias.dtype)
 
     def forward(self, hidden: np.ndarray, temperature: float, top_k: int,
                 want_logits: bool, want_probs: bool, n_threads: int) -> ForwardResult:
@@ -106,52 +170,64 @@ class KernelHead:
         dtype).  Returns ``(n_bad, tokens, token_probs, logits, probs)`` shaped
         like the compiled kernel's; n_bad counts states with a non-finite softmax.
 
-        The whole batch goes through each NumPy call at once (per-call costs
-        dominate small heads), and still every state's result is exactly what
-        it gets alone: the products are einsum's loop, one dot product per
-        (state, row) whatever the batch; everything after is elementwise or
-        per row."""
-        states = hidden if hidden.ndim == 2 else hidden[None]
+        Every state's result is exactly what it gets alone: the products are
+        one gemv per state whatever the batch (see above); everything after
+        is elementwise or per row."""
         float64 = self._float64
+        single = hidden.ndim == 1
+        n_states = 1 if single else hidden.shape[0]
         errors = _ignore_fp_errors()
         try:
-            v = _einsum("ij,bj->bi", self.weight, states)
+            # A batch as a stack of column vectors (B, d, 1); the elementwise
+            # steps run on plain (d_proj,) or (B, d_proj) views (cheaper to
+            # broadcast).
+            if single:
+                v = _dot(self.weight, hidden)
+            else:
+                v = _matmul(self._weight3, hidden.reshape(n_states, self.d_model, 1)).reshape(
+                    n_states, self.d_proj)
             v += self.bias
             # SiLU with the spec's cut-off.  For v >= 500, v / (1 + exp(-v))
             # already is exactly v (1 + exp(-v) rounds to 1), and so is -0.0
             # in float32 for v <= -500 (exp overflows); float64 needs the
             # cut-off spelled out (v * 0 keeps the sign; NaN/-inf give NaN).
-            e = np.exp(-v)
-            e += 1
-            x = v / e
+            e = _exp(-v)
+            _add(e, self._one, out=e)
+            x = _divide(v, e, out=e)
             if float64:
                 x = np.where(v > -500, x, v * 0)
             if self.residual:
-                x = states + x
-            scores = _einsum("ij,bj->bi", self.lm_head, x)
+                x += hidden
+            if single:
+                scores = _dot(self.lm_head, x)
+            else:
+                scores = _matmul(self._lm_head3, x.reshape(n_states, self.d_proj, 1)).reshape(
+                    n_states, self.vocab)
+            if self._repeats is not None:
+                scores[..., self._repeats[0]] = scores[..., self._repeats[1]]
             if temperature > 0 and temperature != 1.0:  # (x / 1.0 is x)
                 if float64:
-                    scores = scores / temperature
+                    scores /= temperature
                 else:
                     # Divide in float64: a tiny T must not underflow to 0 in float32.
                     scores = (scores.astype(np.float64) / temperature).astype(np.float32)
-            wide = scores if float64 else scores.astype(np.float64)
-            # The softmax is shifted by the largest logit; the first one is
-            # the top token (what a stable sort of -logits puts first), and
-            # its exp term is exp(0) = 1.  A non-finite largest logit makes
-            # the total NaN, so the totals alone tell whether a state's
-            # softmax is finite.
-            if hidden.ndim == 1:
-                return self._finish_one(scores[0], wide[0], top_k, want_logits, want_probs)
-            shifted = np.exp(wide - wide.max(axis=1, keepdims=True))
-            total = _add_reduce(shifted, axis=1, keepdims=True)
+            if single:
+                return self._finish_one(scores, top_k, want_logits, want_probs)
+            # The softmax is shifted by the largest logit; a non-finite
+            # largest logit makes the total NaN, so the totals alone tell
+            # whether a state's softmax is finite.
+            shifted = _subtract(scores, _max_reduce(scores, axis=1, keepdims=True))
+            _exp(shifted, out=shifted)
+            total = _add_reduce(shifted, axis=1, keepdims=True, dtype=_FLOAT64)
         finally:
             _restore_fp_errors(errors)
         n_bad = 0
-        if not math.isfinite(_add_reduce(total, axis=None)):  # the totals are in [1, V]
-            n_bad = states.shape[0] - int(np.count_nonzero(np.isfinite(total)))
+        # The totals are in [1, V]: their sum is finite unless one is not
+        # (summed as a list: cheaper than a NumPy reduction for small B).
+        if not math.isfinite(sum(total.ravel().tolist())):
+            n_bad = hidden.shape[0] - int(np.count_nonzero(np.isfinite(total)))
         if top_k == 1:
-            tokens = scores.argmax(axis=1, keepdims=True).astype(np.int64, copy=False)
+            tokens = _as_int64(scores.argmax(axis=1, keepdims=True))
             token_probs = (1.0 / total).astype(scores.dtype, copy=False)
         else:
             # Stable sort of the negated scores: best first, ties to the lower id.
@@ -163,16 +239,18 @@ class KernelHead:
         return n_bad, tokens, token_probs, scores if want_logits else None, probs
 
     @staticmethod
-    def _finish_one(scores: np.ndarray, wide: np.ndarray, top_k: int, want_logits: bool,
+    def _finish_one(scores: np.ndarray, top_k: int, want_logits: bool,
                     want_probs: bool) -> ForwardResult:
-        """The softmax and top-k of one state's (V,) logits (``wide``: in
-        float64), with the batch path's arithmetic in 1-D."""
-        best = scores.argmax()
-        shifted = np.exp(wide - wide[best])
-        total = _add_reduce(shifted)
+        """The softmax and top-k of one state's (V,) logits, with the batch
+        path's arithmetic in 1-D (the shift is the first largest logit, the
+        batch path's maximum)."""
+        best = scores.argmax(keepdims=True)  # type: ignore[call-overload]
+        shifted = _subtract(scores, scores[best[0]])
+        _exp(shifted, out=shifted)
+        total = _add_reduce(shifted, dtype=_FLOAT64)
         n_bad = 0 if math.isfinite(total) else 1
         if top_k == 1:
-            tokens = np.array([best], dtype=np.int64)
+            tokens = _as_int64(best)
             token_probs = np.array([1.0 / total], dtype=scores.dtype)
         else:
             tokens = np.argsort(-scores, kind="stable")[:top_k].astype(np.int64, copy=False)

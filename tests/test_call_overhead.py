@@ -177,28 +177,36 @@ def test_compiled_spec_function_matches_plain_loops_on_lists():
 # ---------------------------------------------------------------------------
 
 @backend_independent
-def test_fallback_batch_costs_a_constant_number_of_products(monkeypatch):
-    """The fallback multiplies a whole batch in one einsum per matrix (it
-    used to loop over the states), with results equal to the states alone."""
+@pytest.mark.parametrize("shape", [(16, 8, 50), (256, 128, 1000)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_fallback_batch_costs_a_constant_number_of_products(monkeypatch, shape):
+    """The fallback multiplies a whole batch in one NumPy call per matrix
+    (stacked matmul: one BLAS gemv per state inside it; it used to loop over
+    the states in Python, then to use einsum's slower loop), a single state
+    with np.dot (the same gemv), with results equal to the states alone."""
     from eagle_fast import _draft_py
     calls = []
-    real = _draft_py._einsum
-
-    def counting(*args, **kwargs):
-        calls.append(args[0])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(_draft_py, "_einsum", counting)
+    for name in ("_matmul", "_dot"):
+        real = getattr(_draft_py, name)
+        monkeypatch.setattr(_draft_py, name, lambda *a, _real=real, _name=name, **k:
+                            calls.append((_name, [np.shape(x) for x in a])) or _real(*a, **k))
     previous = _backend.active()
     _backend.use("python")
     try:
         rng = np.random.default_rng(6)
-        head = DraftHead(*random_head(rng, 16, 8, 50))
-        hidden = rng.standard_normal((9, 16))
-        for batch in (hidden[0], hidden[:1], hidden):
+        d_model, d_proj, vocab = shape
+        head = DraftHead(*random_head(rng, d_model, d_proj, vocab))
+        hidden = rng.standard_normal((9, d_model))
+        for batch in (hidden[0], hidden[:1], hidden[:4], hidden):
             calls.clear()
             head.predict(batch, top_k=2)
-            assert len(calls) == 2
+            if batch.ndim == 1:    # np.dot: one gemv per matrix
+                assert calls == [("_dot", [(d_proj, d_model), (d_model,)]),
+                                 ("_dot", [(vocab, d_proj), (d_proj,)])]
+            else:                  # each matrix as a stack of one, the states as columns
+                n = batch.shape[0]
+                assert calls == [("_matmul", [(1, d_proj, d_model), (n, d_model, 1)]),
+                                 ("_matmul", [(1, vocab, d_proj), (n, d_proj, 1)])]
         together = head.predict(hidden, top_k=3, return_logits=True, return_probs=True)
         for i, state in enumerate(hidden):
             alone = head.predict(state, top_k=3, return_logits=True, return_probs=True)
@@ -271,3 +279,156 @@ def test_complex_list_elements_raise(position):
         args[position] = args[position][:-1] + [args[position][-1][:-1] + [1j]]
     with pytest.raises(TypeError):
         eagle_draft_from_hidden(*args)
+
+
+# ---------------------------------------------------------------------------
+# The fallback's products: one gemv per state, with repeated LM-head rows
+# copied from their first occurrence.
+# ---------------------------------------------------------------------------
+
+def _python_head(*weights, **options):
+    previous = _backend.active()
+    _backend.use("python")
+    try:
+        return DraftHead(*weights, **options)
+    finally:
+        _backend._active = previous
+
+
+BENCH_SHAPES = pytest.mark.parametrize("shape", [(16, 8, 50), (256, 128, 1000)],
+                                       ids=lambda s: "x".join(map(str, s)))
+
+
+def brute_force_repeats(matrix):
+    """(repeat, first occurrence) pairs by comparing every pair of rows."""
+    pairs = []
+    for i in range(matrix.shape[0]):
+        for j in range(i):
+            if np.array_equal(matrix[i], matrix[j]):
+                pairs.append((i, j))
+                break
+    return sorted(pairs)
+
+
+@backend_independent
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_repeated_rows_match_brute_force(dtype):
+    from eagle_fast._draft_py import repeated_rows
+    rng = np.random.default_rng(12)
+    for vocab, n_distinct, width in [(40, 40, 7), (60, 5, 9), (33, 2, 1), (50, 20, 16)]:
+        distinct = rng.standard_normal((n_distinct, width)).astype(dtype)
+        distinct[0] = 0.0
+        matrix = distinct[rng.integers(0, n_distinct, vocab)].copy()
+        # Same values, other bits: -0.0 equals 0.0; huge rows whose
+        # fingerprints overflow to inf are still told apart exactly.
+        zeros = np.flatnonzero((matrix == 0).all(axis=1))
+        matrix[zeros[::2]] = -0.0
+        if vocab > 40:
+            matrix[-3:] = np.finfo(dtype).max
+            matrix[-1, 0] = np.finfo(dtype).max / 2
+        found = repeated_rows(matrix)
+        got = [] if found is None else sorted(zip(found[0].tolist(), found[1].tolist()))
+        assert got == brute_force_repeats(matrix)
+
+
+@backend_independent
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fallback_gemv_head_ties_and_batches(dtype):
+    """A fallback head whose LM head repeats rows at every
+    position: copies of a row get exactly the same logit (so ties go to the
+    lower id), and a batch gives its states' own results bit for bit."""
+    rng = np.random.default_rng(13)
+    W, b, _ = random_head(rng, 67, 75, 1, dtype=dtype)
+    distinct = rng.standard_normal((5, 75)).astype(dtype)
+    L = distinct[rng.integers(0, 5, 1003)]
+    head = _python_head(W, b, L)
+    assert head._kernel._repeats is not None
+    pool = rng.standard_normal((9, 67)).astype(dtype)
+    together = head.predict(pool, top_k=3, return_logits=True, return_probs=True)
+    for i, state in enumerate(pool):
+        alone = head.predict(state, top_k=3, return_logits=True, return_probs=True)
+        for name in ("tokens", "token_probs", "logits", "probs"):
+            np.testing.assert_array_equal(getattr(together, name)[i], getattr(alone, name))
+        assert all(np.unique(alone.logits[L_rows]).size == 1
+                   for L_rows in (np.flatnonzero((L == row).all(axis=1)) for row in distinct))
+        best = np.flatnonzero(alone.logits == alone.logits.max())
+        assert alone.tokens[0] == best[0]
+
+
+@backend_independent
+@BENCH_SHAPES
+@pytest.mark.parametrize("batch", [None, 1, 4])
+def test_fallback_fast_path_matches_float64(shape, batch):
+    """The fallback at the benchmark's sizes against float64 NumPy (the
+    tolerances of the float32 kernels)."""
+    rng = np.random.default_rng(14)
+    W, b, L = random_head(rng, *shape, lm_scale=3.0)
+    head = _python_head(W.astype(np.float32), b.astype(np.float32), L.astype(np.float32))
+    hidden = rng.standard_normal(shape[0] if batch is None else (batch, shape[0]))
+    got = head.predict(hidden.astype(np.float32), top_k=2, return_probs=True)
+    w32, b32, l32 = (a.astype(np.float32).astype(np.float64) for a in (W, b, L))
+    v = hidden.astype(np.float32).astype(np.float64) @ w32.T + b32
+    logits = (v / (1 + np.exp(-v))) @ l32.T
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    np.testing.assert_allclose(got.probs, probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.token_probs, np.take_along_axis(
+        probs, np.atleast_1d(got.tokens).reshape(np.shape(got.tokens)), axis=-1),
+        rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The spec fast path reads arrays without a NaN/inf pass: non-finite inputs
+# are caught through the logits, with the general path's errors.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("position", range(4))
+@pytest.mark.parametrize("zeros", [False, True], ids=["dense", "with-zeros"])
+def test_non_finite_arrays_raise_naming_the_argument(bad, position, zeros):
+    """NaN/inf anywhere in any float64 array input (first, middle, last
+    element; with zero hidden values and zero weight columns, where inf * 0
+    is NaN) raises the ValueError naming that argument, never a result."""
+    names = ["hidden_state", "projection_weights", "projection_bias", "lm_head_weights"]
+    h, W, b, L = inputs(15, 12, 8, 30)
+    if zeros:
+        h[::2] = 0.0
+        W[:, 1::3] = 0.0
+        L[:, ::2] = 0.0
+    args = [h, W, b, L]
+    for index in (0, args[position].size // 2, args[position].size - 1):
+        changed = [a.copy() for a in args]
+        changed[position].flat[index] = bad
+        with pytest.raises(ValueError, match=names[position]):
+            eagle_draft_from_hidden(*changed, 0.8)
+
+
+def test_logits_overflowing_to_minus_inf_give_the_references_result():
+    """Finite inputs whose logit overflows to -inf: the reference returns a
+    result (that token's probability is 0), and so do lists and arrays."""
+    h = [1.0, 2.0]
+    W = [[1e3, 0.0], [0.0, 1.0]]
+    b = [0.0, 0.0]
+    L = [[-1e306, 0.0], [1.0, 1.0], [0.5, -0.5]]
+    want = spec_reference(h, W, b, L, 1e-3)
+    assert want["logits"][0] == -math.inf
+    assert eagle_draft_from_hidden(h, W, b, L, 1e-3) == want
+    assert eagle_draft_from_hidden(*(np.array(a) for a in (h, W, b, L)), 1e-3) == want
+
+
+@pytest.mark.parametrize("form", ["lists", "arrays"])
+def test_spec_fast_path_thread_settings_change_no_result(form, active_backend):
+    """The fast path with any thread setting (lists always run serially)
+    gives the reference's result."""
+    spec = _backend.active().spec
+    args = [a if form == "arrays" else a.tolist() for a in inputs(16, 40, 24, 300)]
+    want = spec_reference(*args, 0.9)
+    for min_bytes, threads in [(0, 2), (0, 1), (1 << 40, 2)]:
+        got = spec.draft_from_hidden(*args, 0.9, _spec_compensated(), min_bytes, threads)
+        assert got is None or got == want
+    assert eagle_draft_from_hidden(*args, 0.9) == want
+
+
+def _spec_compensated():
+    from eagle_fast._spec import _COMPENSATED_SUM
+    return _COMPENSATED_SUM
