@@ -17,6 +17,9 @@
 # streams per thread; 8 for int8); a batch uses 3 rows x 4 states per step over
 # blocks of ROW_BLOCK rows, so each weight row is read from memory once for all
 # states (with many states, in column blocks that keep 4 states' slice in L1).
+# From 9 states on, float32 compute (AVX builds) packs the states into panels
+# and tiles rows x states x columns for the caches (_gemm_blocks.h,
+# packed_products): the same lanes in the same order, so the same bits.
 #
 # Storage: W and L are float32/float64 (the compute dtype) or, with float32
 # compute, bfloat16 / float16 / int8 (per-row scales), converted exactly to
@@ -163,6 +166,7 @@ cdef extern from "_dot_kernels.h" nogil:
 # packed_products).
 cdef extern from "_gemm_blocks.h" nogil:
     enum:
+        EF_GEMM_PACKED   # 1 where the tiles fit the registers (AVX)
         EF_GEMM_MC
         EF_GEMM_NR
     void* ef_gemm_alloc(size_t n)
@@ -411,8 +415,8 @@ cdef bint packed_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix*
                           floating* products) noexcept nogil:
     """chunk_products for many states through packed, cache-blocked tiles
     (_gemm_blocks.h): the same lanes, so the same results.  Returns False,
-    having done nothing, for float64, q8/q4 rows, or when its buffers cannot
-    be allocated."""
+    having done nothing, for float64, q8/q4 rows, builds without AVX, or when
+    its buffers cannot be allocated."""
     cdef Py_ssize_t n_rows = m.n_rows, n_cols = m.n_cols
     cdef Py_ssize_t n_vec = n_cols - n_cols % LANES
     cdef Py_ssize_t n_groups = (n_states + EF_GEMM_NR - 1) // EF_GEMM_NR
@@ -425,7 +429,7 @@ cdef bint packed_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix*
     if floating is double:
         return False
     else:
-        if m.storage == STORED_Q8 or m.storage == STORED_Q4:
+        if not EF_GEMM_PACKED or m.storage == STORED_Q8 or m.storage == STORED_Q4:
             return False
         packed = <float*> ef_gemm_alloc(n_groups * EF_GEMM_NR * n_vec * sizeof(float))
         lanes = <float*> ef_gemm_alloc((EF_GEMM_MC + 2) * n_lanes * sizeof(float))

@@ -1,16 +1,16 @@
 """Batches of 9+ states: the packed, cache-blocked tiles (src/_gemm_blocks.h).
 
-The compiled kernel packs many states into column-block panels and runs
-3-row x 4-state tiles over blocks of 256 columns and 96 rows (float32 compute;
-float64 and q8/q4 keep the unpacked loop, checked here alike).  Each
-(row, state) dot product must keep the arithmetic of the single-state kernel,
-so batch rows are bit-identical to single states, at every blocking edge:
-B not a multiple of the 4-state tile (9, 63, 65) and a multiple (64); d
-(the column count of W and of L) not a multiple of the 256-column block nor
-of 8, or below 8; row counts leaving 0, 1 and 2 rows past a multiple of the
-3-row tile, per 96-row block and per thread chunk; 1 and 2 threads.  The
-results must also agree with a float64 NumPy reference on the weights the
-head stores.
+The x86-64-v3 kernel packs many states into column-block panels and runs
+3-row x 4-state tiles over blocks of 512 columns and 48 rows (float32
+compute; float64, q8/q4 and the baseline build keep the unpacked loop,
+checked here alike).  Each (row, state) dot product must keep the arithmetic
+of the single-state kernel, so batch rows are bit-identical to single states,
+at every blocking edge: B not a multiple of the 4-state tile (9, 63, 65) and
+a multiple (64); d (the column count of W and of L) not a multiple of the
+column block nor of 8, or below 8; row counts leaving 0, 1 and 2 rows past a
+multiple of the 3-row tile, per 48-row block and per thread chunk; 1 and 2
+threads.  The results must also agree with a float64 NumPy reference on the
+weights the head stores.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from support import random_head
 WEIGHT_DTYPES = ["float32", "bfloat16", "float16", "int8", "q8", "float64"]
 BATCHES = (9, 63, 64, 65)
 
-# (d_model, d_proj, vocab).  530 columns: blocks of 256, 256, 16 and 2 tail
-# columns; 259: one block of 256 and 3 tail columns.  Rows: 259 = 2 * 96 + 67
-# (67 = 3 * 22 + 1) on 1 thread, 129 + 130 on 2; 701 = 7 * 96 + 29 (3 * 9 + 2),
-# 350 + 351 on 2.  Big enough for 2 threads in every storage.
+# (d_model, d_proj, vocab).  530 columns: a block of 512, one of 16, and 2
+# tail columns; 259: one short block of 256 and 3 tail columns.  Rows (48-row
+# blocks, then what is left past a multiple of 3): on 1 thread 259 = 5 * 48 + 19
+# (1 left), 701 = 14 * 48 + 29 (2 left); on 2 threads 129 + 130 (0, 1 left) and
+# 350 + 351 (2, 0 left).  Big enough for 2 threads in every storage.
 PARALLEL_SHAPE = (530, 259, 701)
 # Columns below 8 (all tail) and exactly 8; serial.
 SMALL_SHAPE = (5, 8, 97)
@@ -102,7 +103,7 @@ def test_packed_batches_equal_single_states_and_reference(weight_dtype, shape):
 
 
 def test_thread_counts_give_identical_packed_batches():
-    """How rows split over threads (and so over 96-row blocks) changes no bit."""
+    """How rows split over threads (and so over 48-row blocks) changes no bit."""
     head, pool, _ = _head("float32", PARALLEL_SHAPE, 132)
     one = head.predict(pool, top_k=5, return_logits=True, num_threads=1)
     two = head.predict(pool, top_k=5, return_logits=True, num_threads=2)
