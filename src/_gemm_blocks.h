@@ -25,11 +25,15 @@
  * each weight slice is read from memory once and from L2 once per group.
  * Rows past a multiple of 3 repeat the block's last row into scratch lanes.
  *
- * Measured (one thread's CPU time, 1500 x 4096 rows, the previous unpacked
- * 3x4 loop -> this): B = 64 23 -> 14 ms (17 -> 28 G multiply-adds/s, of
- * about 39 peak at 2.45 GHz); B = 16 6.1 -> 4.0 ms; bfloat16 / float16 /
- * int8 rows alike.  At B <= 8 the unpacked loop, whose rows stream in one
- * piece, is as fast or faster (B = 4: 1.6 vs 2.1 ms), so it keeps those.
+ * Measured on a loaded 2-core Zen 3 (2.45 GHz: about 39 G float32
+ * multiply-adds/s per core at peak), one thread, CPU time of a whole
+ * 4096 x 4096 x 32000 call at B = 64 (about 30 ms of it softmax and top-k):
+ * unpacked loop 450-530 ms (about 20 G multiply-adds/s), these tiles
+ * 290-360 ms (27-32 G/s; 32 G/s with everything in cache).  bfloat16 /
+ * float16 / int8 rows gain less (1.1-1.2x): their conversions repeat once
+ * per state group (converting each column block once into a float32 buffer
+ * measured no faster).  At B <= 8 the unpacked loop, whose rows stream in one
+ * piece, is as fast or faster, so it keeps those.
  */
 #ifndef EAGLE_FAST_GEMM_BLOCKS_H
 #define EAGLE_FAST_GEMM_BLOCKS_H
