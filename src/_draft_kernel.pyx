@@ -17,6 +17,9 @@
 # streams per thread; 8 for int8); a batch uses 3 rows x 4 states per step over
 # blocks of ROW_BLOCK rows, so each weight row is read from memory once for all
 # states (with many states, in column blocks that keep 4 states' slice in L1).
+# From 9 states on, float32 compute (AVX builds) packs the states into panels
+# and tiles rows x states x columns for the caches (_gemm_blocks.h,
+# packed_products): the same lanes in the same order, so the same bits.
 #
 # Storage: W and L are float32/float64 (the compute dtype) or, with float32
 # compute, bfloat16 / float16 / int8 (per-row scales), converted exactly to
@@ -157,6 +160,30 @@ cdef extern from "_dot_kernels.h" nogil:
                        Py_ssize_t n_vec, Py_ssize_t n)
     float ef_finish_q4(const float* acc, ef_q4_row row, const float* x,
                        Py_ssize_t n_vec, Py_ssize_t n)
+
+
+# Packed, cache-blocked tiles for many states (float32 compute; see
+# packed_products).
+cdef extern from "_gemm_blocks.h" nogil:
+    enum:
+        EF_GEMM_PACKED   # 1 where the tiles fit the registers (AVX)
+        EF_GEMM_MC
+        EF_GEMM_NR
+    void* ef_gemm_alloc(size_t n)
+    void ef_gemm_pack_f32(const float* states, Py_ssize_t n_states, Py_ssize_t n_cols,
+                          Py_ssize_t n_vec, float* packed)
+    void ef_gemm_block_f32(const float* rows, Py_ssize_t row_step, Py_ssize_t n_rows,
+                           Py_ssize_t n_next, const float* packed, Py_ssize_t n_groups,
+                           Py_ssize_t n_vec, float* lanes)
+    void ef_gemm_block_bf16(const unsigned short* rows, Py_ssize_t row_step,
+                            Py_ssize_t n_rows, Py_ssize_t n_next, const float* packed,
+                            Py_ssize_t n_groups, Py_ssize_t n_vec, float* lanes)
+    void ef_gemm_block_f16(const unsigned short* rows, Py_ssize_t row_step,
+                           Py_ssize_t n_rows, Py_ssize_t n_next, const float* packed,
+                           Py_ssize_t n_groups, Py_ssize_t n_vec, float* lanes)
+    void ef_gemm_block_i8(const signed char* rows, Py_ssize_t row_step, Py_ssize_t n_rows,
+                          Py_ssize_t n_next, const float* packed, Py_ssize_t n_groups,
+                          Py_ssize_t n_vec, float* lanes)
 
 
 cdef enum:
@@ -379,6 +406,65 @@ cdef inline Py_ssize_t lane_buffer_size(Py_ssize_t n_states) noexcept nogil:
     return max(8, ROW_BLOCK * n_states) * LANES
 
 
+cdef enum:
+    PACKED_MIN_STATES = 9   # fewer states: the unpacked loop is as fast (_gemm_blocks.h)
+
+
+cdef bint packed_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* m,
+                          const floating* states, Py_ssize_t n_states,
+                          floating* products) noexcept nogil:
+    """chunk_products for many states through packed, cache-blocked tiles
+    (_gemm_blocks.h): the same lanes, so the same results.  Returns False,
+    having done nothing, for float64, q8/q4 rows, builds without AVX, or when
+    its buffers cannot be allocated."""
+    cdef Py_ssize_t n_rows = m.n_rows, n_cols = m.n_cols
+    cdef Py_ssize_t n_vec = n_cols - n_cols % LANES
+    cdef Py_ssize_t n_groups = (n_states + EF_GEMM_NR - 1) // EF_GEMM_NR
+    cdef Py_ssize_t row_step = m.row_bytes // m.itemsize
+    cdef Py_ssize_t n_lanes = n_groups * EF_GEMM_NR * LANES
+    cdef Py_ssize_t mc = EF_GEMM_MC, block, row0, n_block, n_next, r, s
+    cdef float* packed
+    cdef float* lanes
+    cdef const char* rows
+    if floating is double:
+        return False
+    else:
+        if not EF_GEMM_PACKED or m.storage == STORED_Q8 or m.storage == STORED_Q4:
+            return False
+        packed = <float*> ef_gemm_alloc(n_groups * EF_GEMM_NR * n_vec * sizeof(float))
+        lanes = <float*> ef_gemm_alloc((EF_GEMM_MC + 2) * n_lanes * sizeof(float))
+        if packed == NULL or lanes == NULL:
+            free(packed)
+            free(lanes)
+            return False
+        ef_gemm_pack_f32(states, n_states, n_cols, n_vec, packed)
+        for block in range((stop - start + mc - 1) // mc):
+            row0 = start + block * mc
+            n_block = min(mc, stop - row0)
+            n_next = min(mc, stop - row0 - n_block)
+            rows = row_at(m, row0)
+            if m.storage == STORED_NATIVE:
+                ef_gemm_block_f32(<const float*> rows, row_step, n_block, n_next, packed,
+                                  n_groups, n_vec, lanes)
+            elif m.storage == STORED_BF16:
+                ef_gemm_block_bf16(<const unsigned short*> rows, row_step, n_block, n_next,
+                                   packed, n_groups, n_vec, lanes)
+            elif m.storage == STORED_F16:
+                ef_gemm_block_f16(<const unsigned short*> rows, row_step, n_block, n_next,
+                                  packed, n_groups, n_vec, lanes)
+            else:
+                ef_gemm_block_i8(<const signed char*> rows, row_step, n_block, n_next,
+                                 packed, n_groups, n_vec, lanes)
+            for r in range(n_block):
+                for s in range(n_states):
+                    products[s * n_rows + row0 + r] = finish_row(
+                        m, row0 + r, lanes + r * n_lanes + s * LANES, states + s * n_cols,
+                        n_vec)
+        free(packed)
+        free(lanes)
+        return True
+
+
 cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* m,
                          const floating* states, Py_ssize_t n_states,
                          floating* products, floating* lanes) noexcept nogil:
@@ -403,6 +489,10 @@ cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const StoredMatrix* 
             memset(lanes, 0, LANES * sizeof(floating))
             acc_1x1_row(m, r, 0, states, n_vec, lanes)
             products[r] = finish_row(m, r, lanes, states, n_vec)
+        return
+
+    if n_states >= PACKED_MIN_STATES and packed_products(start, stop, m, states, n_states,
+                                                         products):
         return
 
     # Batched: ROW_BLOCK rows against groups of 4 states, 3 rows x 4 states
