@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from ._int_dot_py import IntMatrix, int_products
 from ._storage import StoredMatrix
 
 # (n_bad, tokens, token_probs, logits or None, probs or None)
@@ -81,13 +82,28 @@ class KernelHead:
     compute dtype; low-precision matrices ("bfloat16" bit patterns, "float16",
     "int8" with per-row scales, "q8"/"q4" with group scales) are converted
     to float32 once, here, which
-    costs 2-4x their memory but keeps every call a plain float32 computation."""
+    costs 2-4x their memory but keeps every call a plain float32 computation.
+    ``activations="int8"`` (int8/q8/q4 only) keeps the integer codes instead
+    and takes integer dot products with int8-quantized states
+    (eagle_fast._int_dot_py, the compiled _int_dot.h's arithmetic)."""
 
     def __init__(self, projection_weight: np.ndarray, projection_bias: np.ndarray,
                  lm_head_weight: np.ndarray, weight_dtype: str = "native",
                  projection_scales: Optional[np.ndarray] = None,
                  lm_head_scales: Optional[np.ndarray] = None, residual: bool = False,
-                 d_model: int = -1) -> None:
+                 d_model: int = -1, activations: str = "float") -> None:
+        self.activations = activations
+        self._int: Optional[tuple[IntMatrix, IntMatrix]] = None
+        if activations == "int8":
+            if weight_dtype not in ("int8", "q8", "q4"):
+                raise ValueError("activations='int8' needs int8, q8 or q4 weights")
+            self._int = (
+                IntMatrix(StoredMatrix(weight_dtype, projection_weight, projection_scales,
+                                       d_model)),
+                IntMatrix(StoredMatrix(weight_dtype, lm_head_weight, lm_head_scales,
+                                       projection_bias.shape[0])))
+        elif activations != "float":
+            raise ValueError(f"activations must be 'float' or 'int8', got {activations!r}")
         self.weight = _as_compute(projection_weight, weight_dtype, projection_scales, d_model)
         self.bias = projection_bias
         self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales,
@@ -115,7 +131,10 @@ class KernelHead:
         float64 = self._float64
         errors = _ignore_fp_errors()
         try:
-            v = _einsum("ij,bj->bi", self.weight, states)
+            if self._int is not None:
+                v = int_products(self._int[0], states)
+            else:
+                v = _einsum("ij,bj->bi", self.weight, states)
             v += self.bias
             # SiLU with the spec's cut-off.  For v >= 500, v / (1 + exp(-v))
             # already is exactly v (1 + exp(-v) rounds to 1), and so is -0.0
@@ -128,7 +147,10 @@ class KernelHead:
                 x = np.where(v > -500, x, v * 0)
             if self.residual:
                 x = states + x
-            scores = _einsum("ij,bj->bi", self.lm_head, x)
+            if self._int is not None:
+                scores = int_products(self._int[1], x)
+            else:
+                scores = _einsum("ij,bj->bi", self.lm_head, x)
             if temperature > 0 and temperature != 1.0:  # (x / 1.0 is x)
                 if float64:
                     scores = scores / temperature
