@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from ._int_dot_py import IntMatrix, int_products
+from ._int_dot_py import IntMatrix, fma32, int_products
 from ._storage import StoredMatrix
 
 # (n_bad, tokens, token_probs, logits or None, probs or None)
@@ -27,6 +27,14 @@ COMPILER = "none"
 
 def max_threads() -> int:
     return 1
+
+
+def fma_f32(a: float, b: float, c: float) -> float:
+    """fl32(a * b + c), one rounding, as the integer dot products accumulate
+    (a: an integer of at most 17 bits); for the tests."""
+    with np.errstate(all="ignore"):
+        return float(fma32(np.array([a], np.float32), np.array([b], np.float32),
+                           np.array([c], np.float32))[0])
 
 
 # Per-call costs are most of a small head's time, so the hot calls skip

@@ -150,9 +150,9 @@ class DraftHead:
         d), -127, 127))``, nearest with ties to even; ``q = 0`` where ``d =
         0``), the integer sums ``w . q`` are exact (int32, per lane of 4
         columns of each group), and only their scaling by ``fl32(dw * d)``
-        and the float32 sums are rounded, in a fixed order: every backend and
-        SIMD level gives the same bits, and a batch equals its states one by
-        one.  Faster on AVX2 at a small cost in accuracy
+        and the float32 sums (fused multiply-adds) are rounded, in a fixed
+        order: every backend and SIMD level gives the same bits, and a batch
+        equals its states one by one.  Faster on AVX2 at a small cost in accuracy
         (``eagle_fast.compare``); a runtime choice, not stored in
         checkpoints.  Other weight dtypes only take ``"float"``.  Full
         definition: ``eagle_fast._int_dot_py``.

@@ -9,9 +9,10 @@ States are quantized in groups of 32 columns (Q8_0): ``d = fl32(max|v| / 127)``,
 row has integer codes w (q8/int8: as stored; q4: code - 8) and a float32
 scale dw_g (q8/q4: the float16 group scale; int8: the row scale).  Lane l of
 a group is its columns 4l .. 4l + 3; per lane the exact integer sum
-``isum = sum w * q``, then ``acc_l += fl32(fl32(isum) * fl32(dw_g * d_g))``
-group after group, and the 8 lanes are reduced as the float kernels reduce
-theirs.
+``isum = sum w * q``, then ``acc_l = fl32(acc_l + isum * fl32(dw_g * d_g))``
+group after group, one rounding (a fused multiply-add, emulated here exactly
+in float64 with rounding to odd), and the 8 lanes are reduced as the float
+kernels reduce theirs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,25 @@ from ._storage import GROUP_SIZE, StoredMatrix, n_groups, unpack_q4
 LANES = 8
 # Rows per block of the integer products (bounds the (B, rows, groups, 8) temporaries).
 _ROW_ELEMENTS = 1 << 20
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """fl32(a * b + c) with one rounding, for float32 ``a`` holding integers
+    of at most 17 bits and float32 ``b``, ``c``: a * b is exact in float64,
+    the sum is rounded to float64 *to odd* (TwoSum gives its error; an inexact
+    result with an even last bit steps one ulp towards the exact sum), and
+    that rounds correctly to float32 (53 >= 2 * 24 + 2 bits)."""
+    p = a.astype(np.float64) * b.astype(np.float64)
+    z = c.astype(np.float64)
+    s = p + z
+    bz = s - p
+    e = (p - (s - bz)) + (z - bz)
+    bits = s.view(np.int64)
+    fix = (e != 0) & np.isfinite(s) & ((bits & 1) == 0)
+    if fix.any():
+        step = np.where((e > 0) == (s > 0), 1, -1)
+        bits = np.where(fix, bits + step, bits)
+    return bits.view(np.float64).astype(np.float32)
 
 
 def quantize_states(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,10 +97,10 @@ class IntMatrix:
                 rows = slice(start, start + step)
                 isum = np.einsum("rglk,bglk->brgl", self.codes[rows], xq)
                 scale = self.scales[None, rows, :] * d[:, None, :]   # (B, rows, groups)
-                terms = isum.astype(np.float32) * scale[..., None]
-                acc = np.zeros(terms.shape[:2] + (LANES,), dtype=np.float32)
+                isum32 = isum.astype(np.float32)
+                acc = np.zeros(isum.shape[:2] + (LANES,), dtype=np.float32)
                 for g in range(groups):
-                    acc += terms[:, :, g, :]
+                    acc = fma32(isum32[:, :, g, :], scale[:, :, g, None], acc)
                 out[:, rows] = (((acc[..., 0] + acc[..., 4]) + (acc[..., 2] + acc[..., 6]))
                                 + ((acc[..., 1] + acc[..., 5]) + (acc[..., 3] + acc[..., 7])))
         return out

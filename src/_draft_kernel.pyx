@@ -254,6 +254,13 @@ cdef extern from "_int_dot.h" nogil:
                             Py_ssize_t s1)
     void ef_int_products(const ef_imatrix* m, Py_ssize_t start, Py_ssize_t stop,
                          const ef_qstates* a, Py_ssize_t n_states, float* products)
+    float ef_fma_f32(float a, float b, float c)
+
+def fma_f32(float a, float b, float c):
+    """fl32(a * b + c), one rounding, as the integer dot products accumulate
+    (a: an integer of at most 17 bits); for the tests."""
+    return ef_fma_f32(a, b, c)
+
 
 ctypedef struct IntWeights:
     ef_imatrix weight

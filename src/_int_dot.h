@@ -16,16 +16,17 @@
  * group).  Lane l < 8 of a group is its columns 4l .. 4l + 3, and
  *     isum(g, l) = sum_k w[32g + 4l + k] * q[32g + 4l + k]      (exact, int32)
  *     s_g        = fl32(dw_g * d_g)
- *     acc_l      = fl32(acc_l + fl32(fl32(isum(g, l)) * s_g))   for g = 0, 1, ...
+ *     acc_l      = fl32(acc_l + isum(g, l) * s_g)   for g = 0, 1, ... (acc_l = 0 first)
  *     dot        = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))
- * -- every operation a correctly rounded float32 one, never fused: the AVX2
- * kernels below (vpmaddubsw / vpmaddwd for the integer sums; q8/int8 by
- * |w| * sign(q, w), q4 by code * q - 8 * sum(q)) and the plain C ones give
- * the same bits, and so does the NumPy fallback (eagle_fast/_int_dot_py.py).
- * The product and the sum are kept apart with an empty asm statement where
- * the target has FMA and -ffp-contract=fast would otherwise fuse them.
- * Each (row, state) is summed in that order whatever the blocking, so a
- * batch gives its states' single results bit for bit.
+ * -- acc_l is updated by a fused multiply-add (one rounding; the product is
+ * exact), every other operation is a correctly rounded float32 one.  The
+ * AVX2 kernels below (vpmaddubsw / vpmaddwd for the integer sums -- q8/int8
+ * as |w| * sign(q, w), q4 with one state as code * q - 8 * sum(q) -- and
+ * vfmadd) and the plain C ones (fmaf where the target has FMA, else an exact
+ * emulation in double, ef_fma_f32) give the same bits, and so does the NumPy
+ * fallback (eagle_fast/_int_dot_py.py).  Each (row, state) is summed in that
+ * order whatever the blocking, so a batch gives its states' single results
+ * bit for bit.
  *
  * API:
  *   ef_qstates            quantized states: q (n_states, n_pad), d (n_states,
@@ -67,14 +68,32 @@ typedef struct {
     const float* row_scales;         /* int8: (n_rows,) */
 } ef_imatrix;
 
-/* Keeps the compiler from fusing a product into the next sum. */
-#if defined(__FMA__) && (defined(__x86_64__) || defined(__i386__))
-#define EF_NO_CONTRACT(v) __asm__("" : "+x"(v))
-#elif defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
-#define EF_NO_CONTRACT(v) __asm__("" : "+w"(v))
+/* fl32(a * b + c) rounded once (a fused multiply-add), for a = an integer
+ * of at most 17 bits, b and c float32.  Where the target has no FMA: a * b is
+ * exact in double (41 bits), the sum is rounded to double *to odd* (TwoSum
+ * gives the error; an inexact even result steps one ulp towards the exact
+ * sum), and that double rounds correctly to float32 (53 >= 2 * 24 + 2 bits:
+ * no double-rounding error). */
+static inline float ef_fma_f32(float a, float b, float c)
+{
+#if defined(__FP_FAST_FMAF)
+    return __builtin_fmaf(a, b, c);
 #else
-#define EF_NO_CONTRACT(v) ((void) 0)
+    double p = (double) a * (double) b, z = (double) c;
+    double s = p + z;
+    double bz = s - p;
+    double e = (p - (s - bz)) + (z - bz);
+    if (e != 0.0 && s - s == 0.0) {   /* inexact and finite */
+        unsigned long long bits;
+        memcpy(&bits, &s, sizeof(bits));
+        if ((bits & 1u) == 0) {
+            bits += ((e > 0.0) == (s > 0.0)) ? 1 : (unsigned long long) -1;
+            memcpy(&s, &bits, sizeof(s));
+        }
+    }
+    return (float) s;
 #endif
+}
 
 static inline ptrdiff_t ef_igroups(ptrdiff_t n) { return (n + EF_IGROUP - 1) / EF_IGROUP; }
 
@@ -185,9 +204,7 @@ static inline float ef_int_dot_plain(const ef_imatrix* m, ptrdiff_t r, const ef_
                 if (j < m->n_cols)
                     isum += ef_icode(m, row, j) * q[j];
             }
-            float t = (float) isum * sg;
-            EF_NO_CONTRACT(t);
-            acc[l] = acc[l] + t;
+            acc[l] = ef_fma_f32((float) isum, sg, acc[l]);
         }
     }
     return EF_REDUCE_LANES(acc);
@@ -201,76 +218,132 @@ static inline float ef_int_dot_plain(const ef_imatrix* m, ptrdiff_t r, const ef_
 /* R rows x S states from (r0, s0), all groups; the sums stay in registers.
  * kind, R and S are constants at every call, so the loops unroll and the
  * accumulators are registers. */
+EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int tail,
+                                  ptrdiff_t n_tail, int prefetch)
+{
+    if (kind == EF_INT_Q4) {
+        const unsigned char* p = (const unsigned char*) row + g * (EF_IGROUP / 2);
+        __m128i v = _mm_loadu_si128((const __m128i*) p);
+        if (prefetch) __builtin_prefetch(p + 1024);
+        return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v),
+                                _mm256_set1_epi8(0x0F));
+    }
+    const signed char* p = (const signed char*) row + g * EF_IGROUP;
+    if (prefetch) __builtin_prefetch(p + 2048);
+    if (tail) {   /* a short last group: do not read past the row */
+        signed char tmp[EF_IGROUP];
+        memset(tmp, 0, sizeof(tmp));
+        memcpy(tmp, p, (size_t) n_tail);
+        return _mm256_loadu_si256((const __m256i*) tmp);
+    }
+    return _mm256_loadu_si256((const __m256i*) p);
+}
+
+/* acc = fma(isum, scale, acc) for one (row, state) group: w the row's
+ * codes, aw = |w|, x the state's; or (unsigned_codes: q4, one state) w the
+ * codes 0..15 (aw unused) and xs the state's 8 * lane sums. */
+EF_IALWAYS __m256 ef_igroup_avx2(int unsigned_codes, __m256i w, __m256i aw, __m256i x, __m256i xs,
+                                 const float* scale, __m256 acc)
+{
+    __m256i p16 = unsigned_codes ? _mm256_maddubs_epi16(w, x)
+                                 : _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
+    __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    if (unsigned_codes) p32 = _mm256_sub_epi32(p32, xs);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_broadcast_ss(scale), acc);
+}
+
+/* Groups gb .. gb + ng of an R x S block (ng constant on the hot path, so
+ * the loop unrolls and each row prefetches once per cache line). */
+EF_IALWAYS void ef_igroups_avx2(int kind, int R, int S, ptrdiff_t ng, ptrdiff_t gb,
+                                const char* const* rows, const signed char* const* xq,
+                                const int* const* xsum, float (*sc)[4][8],
+                                ptrdiff_t g_tail, ptrdiff_t n_tail, __m256 (*acc)[4])
+{
+    EF_IUNROLL
+    for (ptrdiff_t k = 0; k < ng; k++) {
+        const ptrdiff_t g = gb + k;
+        const int tail = g == g_tail;
+        /* One prefetch per row and 64 bytes (4 q4 groups, 2 q8 groups). */
+        const int prefetch = k % (kind == EF_INT_Q4 ? 4 : 2) == 0;
+        if (S == 1) {
+            /* One state: each row's codes used at once (8 rows in flight);
+             * q4 as unsigned codes, code . x - 8 * sum(x). */
+            const __m256i x = _mm256_loadu_si256((const __m256i*) (xq[0] + g * EF_IGROUP));
+            const __m256i xs = kind == EF_INT_Q4
+                ? _mm256_loadu_si256((const __m256i*) (xsum[0] + g * 8))
+                : _mm256_setzero_si256();
+            EF_IUNROLL for (int r = 0; r < R; r++) {
+                __m256i w = ef_icodes_avx2(kind, rows[r], g, tail, n_tail, prefetch);
+                __m256i aw = kind == EF_INT_Q4 ? w : _mm256_abs_epi8(w);
+                acc[r][0] = ef_igroup_avx2(kind == EF_INT_Q4, w, aw, x, xs, &sc[r][0][k],
+                                           acc[r][0]);
+            }
+        } else {
+            /* Several states: each row's codes unpacked once for all of them
+             * (q4 as signed code - 8, like q8: no lane sums to load). */
+            __m256i w[8], aw[8];
+            EF_IUNROLL for (int r = 0; r < R; r++) {
+                w[r] = ef_icodes_avx2(kind, rows[r], g, tail, n_tail, prefetch);
+                if (kind == EF_INT_Q4) w[r] = _mm256_sub_epi8(w[r], _mm256_set1_epi8(8));
+                aw[r] = _mm256_abs_epi8(w[r]);
+            }
+            EF_IUNROLL for (int s = 0; s < S; s++) {
+                const __m256i x = _mm256_loadu_si256(
+                    (const __m256i*) (xq[s] + g * EF_IGROUP));
+                EF_IUNROLL for (int r = 0; r < R; r++)
+                    acc[r][s] = ef_igroup_avx2(0, w[r], aw[r], x, _mm256_setzero_si256(),
+                                               &sc[r][s][k], acc[r][s]);
+            }
+        }
+    }
+}
+
 EF_IALWAYS void ef_iblock_avx2(int kind, int R, int S, const ef_imatrix* m, ptrdiff_t r0,
                                const ef_qstates* a, ptrdiff_t s0, float* products)
 {
     __m256 acc[8][4];
-    const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(0x0F);
     const ptrdiff_t G = m->n_groups;
-    const int short_tail = kind != EF_INT_Q4 && (m->n_cols % EF_IGROUP) != 0;
-    EF_IUNROLL for (int r = 0; r < R; r++)
+    const ptrdiff_t g_tail = kind != EF_INT_Q4 && m->n_cols % EF_IGROUP ? G - 1 : G;
+    const ptrdiff_t n_tail = m->n_cols - (G - 1) * EF_IGROUP;
+    const char* rows[8];
+    const unsigned short* hs[8];
+    float row_scale[8];
+    const signed char* xq[4];
+    const float* xd[4];
+    const int* xsum[4];
+    EF_IUNROLL for (int r = 0; r < R; r++) {
+        rows[r] = m->data + (r0 + r) * m->row_bytes;
+        if (kind == EF_INT_I8) row_scale[r] = m->row_scales[r0 + r];
+        else hs[r] = m->gscales + (r0 + r) * G;
         EF_IUNROLL for (int s = 0; s < S; s++) acc[r][s] = _mm256_setzero_ps();
+    }
+    EF_IUNROLL for (int s = 0; s < S; s++) {
+        xq[s] = a->q + (s0 + s) * a->n_pad;
+        xd[s] = a->d + (s0 + s) * a->d_stride;
+        xsum[s] = kind == EF_INT_Q4 ? a->xs8 + (s0 + s) * G * 8 : NULL;
+    }
     for (ptrdiff_t gb = 0; gb < G; gb += 8) {
         const ptrdiff_t ng = G - gb < 8 ? G - gb : 8;
+        /* The scales fl32(dw * d) of these 8 groups for every (row, state). */
         float sc[8][4][8] __attribute__((aligned(32)));
         EF_IUNROLL for (int r = 0; r < R; r++) {
             __m256 dw;
             if (kind == EF_INT_I8) {
-                dw = _mm256_set1_ps(m->row_scales[r0 + r]);
+                dw = _mm256_set1_ps(row_scale[r]);
+            } else if (ng == 8) {
+                dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) (hs[r] + gb)));
             } else {
-                const unsigned short* hs = m->gscales + (r0 + r) * G + gb;
                 unsigned short tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                if (ng < 8) { memcpy(tmp, hs, (size_t) ng * sizeof(*hs)); hs = tmp; }
-                dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) hs));
+                memcpy(tmp, hs[r] + gb, (size_t) ng * sizeof(tmp[0]));
+                dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) tmp));
             }
             EF_IUNROLL for (int s = 0; s < S; s++)
-                _mm256_store_ps(sc[r][s], _mm256_mul_ps(
-                    dw, _mm256_loadu_ps(a->d + (s0 + s) * a->d_stride + gb)));
+                _mm256_store_ps(sc[r][s], _mm256_mul_ps(dw, _mm256_loadu_ps(xd[s] + gb)));
         }
-        for (ptrdiff_t k = 0; k < ng; k++) {
-            const ptrdiff_t g = gb + k;
-            __m256i w[8], aw[8];
-            EF_IUNROLL for (int r = 0; r < R; r++) {
-                const char* row = m->data + (r0 + r) * m->row_bytes;
-                if (kind == EF_INT_Q4) {
-                    const unsigned char* p = (const unsigned char*) row + g * (EF_IGROUP / 2);
-                    __builtin_prefetch(p + 1024);
-                    __m128i v = _mm_loadu_si128((const __m128i*) p);
-                    w[r] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), nib);
-                } else {
-                    const signed char* p = (const signed char*) row + g * EF_IGROUP;
-                    signed char tmp[EF_IGROUP];
-                    __builtin_prefetch(p + 2048);
-                    if (short_tail && g == G - 1) {
-                        ptrdiff_t rest = m->n_cols - g * EF_IGROUP;
-                        memset(tmp, 0, sizeof(tmp));
-                        memcpy(tmp, p, (size_t) rest);
-                        p = tmp;
-                    }
-                    w[r] = _mm256_loadu_si256((const __m256i*) p);
-                    aw[r] = _mm256_abs_epi8(w[r]);
-                }
-            }
-            EF_IUNROLL for (int s = 0; s < S; s++) {
-                const __m256i x = _mm256_loadu_si256(
-                    (const __m256i*) (a->q + (s0 + s) * a->n_pad + g * EF_IGROUP));
-                __m256i xs = _mm256_setzero_si256();
-                if (kind == EF_INT_Q4)
-                    xs = _mm256_loadu_si256(
-                        (const __m256i*) (a->xs8 + ((s0 + s) * a->n_groups + g) * 8));
-                EF_IUNROLL for (int r = 0; r < R; r++) {
-                    __m256i p16 = kind == EF_INT_Q4
-                        ? _mm256_maddubs_epi16(w[r], x)
-                        : _mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(x, w[r]));
-                    __m256i p32 = _mm256_madd_epi16(p16, ones);
-                    if (kind == EF_INT_Q4) p32 = _mm256_sub_epi32(p32, xs);
-                    __m256 t = _mm256_mul_ps(_mm256_cvtepi32_ps(p32),
-                                             _mm256_broadcast_ss(&sc[r][s][k]));
-                    EF_NO_CONTRACT(t);
-                    acc[r][s] = _mm256_add_ps(acc[r][s], t);
-                }
-            }
-        }
+        if (ng == 8)
+            ef_igroups_avx2(kind, R, S, 8, gb, rows, xq, xsum, sc, g_tail, n_tail, acc);
+        else
+            ef_igroups_avx2(kind, R, S, ng, gb, rows, xq, xsum, sc, g_tail, n_tail, acc);
     }
     EF_IUNROLL for (int r = 0; r < R; r++)
         EF_IUNROLL for (int s = 0; s < S; s++) {
