@@ -224,12 +224,12 @@ EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int ta
     if (kind == EF_INT_Q4) {
         const unsigned char* p = (const unsigned char*) row + g * (EF_IGROUP / 2);
         __m128i v = _mm_loadu_si128((const __m128i*) p);
-        if (prefetch) __builtin_prefetch(p + 1024);
+        if (prefetch) __builtin_prefetch(p + 2048);
         return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v),
                                 _mm256_set1_epi8(0x0F));
     }
     const signed char* p = (const signed char*) row + g * EF_IGROUP;
-    if (prefetch) __builtin_prefetch(p + 2048);
+    if (prefetch) __builtin_prefetch(p + 4096);
     if (tail) {   /* a short last group: do not read past the row */
         signed char tmp[EF_IGROUP];
         memset(tmp, 0, sizeof(tmp));
@@ -299,7 +299,8 @@ EF_IALWAYS void ef_igroups_avx2(int kind, int R, int S, ptrdiff_t ng, ptrdiff_t 
 }
 
 EF_IALWAYS void ef_iblock_avx2(int kind, int R, int S, const ef_imatrix* m, ptrdiff_t r0,
-                               const ef_qstates* a, ptrdiff_t s0, float* products)
+                               ptrdiff_t r_step, const ef_qstates* a, ptrdiff_t s0,
+                               float* products)
 {
     __m256 acc[8][4];
     const ptrdiff_t G = m->n_groups;
@@ -312,9 +313,9 @@ EF_IALWAYS void ef_iblock_avx2(int kind, int R, int S, const ef_imatrix* m, ptrd
     const float* xd[4];
     const int* xsum[4];
     EF_IUNROLL for (int r = 0; r < R; r++) {
-        rows[r] = m->data + (r0 + r) * m->row_bytes;
-        if (kind == EF_INT_I8) row_scale[r] = m->row_scales[r0 + r];
-        else hs[r] = m->gscales + (r0 + r) * G;
+        rows[r] = m->data + (r0 + r * r_step) * m->row_bytes;
+        if (kind == EF_INT_I8) row_scale[r] = m->row_scales[r0 + r * r_step];
+        else hs[r] = m->gscales + (r0 + r * r_step) * G;
         EF_IUNROLL for (int s = 0; s < S; s++) acc[r][s] = _mm256_setzero_ps();
     }
     EF_IUNROLL for (int s = 0; s < S; s++) {
@@ -349,7 +350,7 @@ EF_IALWAYS void ef_iblock_avx2(int kind, int R, int S, const ef_imatrix* m, ptrd
         EF_IUNROLL for (int s = 0; s < S; s++) {
             float lanes[8];
             _mm256_storeu_ps(lanes, acc[r][s]);
-            products[(s0 + s) * m->n_rows + r0 + r] = EF_REDUCE_LANES(lanes);
+            products[(s0 + s) * m->n_rows + r0 + r * r_step] = EF_REDUCE_LANES(lanes);
         }
 }
 
@@ -363,20 +364,23 @@ EF_IALWAYS void ef_int_products_kind(int kind, const ef_imatrix* m, ptrdiff_t st
 {
     ptrdiff_t r = start;
     if (n_states == 1) {
-        for (; r + 8 <= stop; r += 8) ef_iblock_avx2(kind, 8, 1, m, r, a, 0, products);
-        for (; r < stop; r++) ef_iblock_avx2(kind, 1, 1, m, r, a, 0, products);
+        /* Rows r, r + q, ..., r + 7q: eight read streams far apart. */
+        const ptrdiff_t q = (stop - start) / 8;
+        for (; r < start + q; r++) ef_iblock_avx2(kind, 8, 1, m, r, q, a, 0, products);
+        for (r = start + 8 * q; r < stop; r++)
+            ef_iblock_avx2(kind, 1, 1, m, r, 1, a, 0, products);
         return;
     }
     const ptrdiff_t s4 = n_states - n_states % 4;
     for (ptrdiff_t b0 = start; b0 < stop; b0 += EF_IROWS_BLOCK) {
         const ptrdiff_t b1 = b0 + EF_IROWS_BLOCK < stop ? b0 + EF_IROWS_BLOCK : stop;
         for (ptrdiff_t s = 0; s < s4; s += 4) {
-            for (r = b0; r + 2 <= b1; r += 2) ef_iblock_avx2(kind, 2, 4, m, r, a, s, products);
-            if (r < b1) ef_iblock_avx2(kind, 1, 4, m, r, a, s, products);
+            for (r = b0; r + 2 <= b1; r += 2) ef_iblock_avx2(kind, 2, 4, m, r, 1, a, s, products);
+            if (r < b1) ef_iblock_avx2(kind, 1, 4, m, r, 1, a, s, products);
         }
         for (ptrdiff_t s = s4; s < n_states; s++) {
-            for (r = b0; r + 2 <= b1; r += 2) ef_iblock_avx2(kind, 2, 1, m, r, a, s, products);
-            if (r < b1) ef_iblock_avx2(kind, 1, 1, m, r, a, s, products);
+            for (r = b0; r + 2 <= b1; r += 2) ef_iblock_avx2(kind, 2, 1, m, r, 1, a, s, products);
+            if (r < b1) ef_iblock_avx2(kind, 1, 1, m, r, 1, a, s, products);
         }
     }
 }

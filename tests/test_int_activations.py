@@ -407,3 +407,25 @@ def test_fused_multiply_add_rounds_once():
         expected = round_to_f32(exact) if abs(exact) < 2 ** 128 else F32(np.inf)
         got = F32(fma(a, b, c))
         assert got == expected or (got == 0 == expected), (a, b, c, got, expected)
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+
+def test_demo_takes_int8_activations(capsys, tmp_path):
+    from eagle_fast import _cli
+    assert _cli.main(["demo", "--preset", "tiny", "--weight-dtype", "q4", "--activations",
+                      "int8", "--seconds", "0.01"]) == 0
+    assert "weights stored as q4, int8 activations" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _cli.main(["demo", "--preset", "tiny", "--activations", "int8"])
+    assert "--activations int8 needs --weight-dtype" in capsys.readouterr().err
+    path = tmp_path / "head.safetensors"
+    DraftHead(np.ones((8, 16)), np.zeros(8), np.ones((50, 8)), weight_dtype="q8").save(path)
+    assert _cli.main(["demo", "--checkpoint", str(path), "--activations", "int8",
+                      "--seconds", "0.01"]) == 0
+    capsys.readouterr()
+    DraftHead(np.ones((8, 16)), np.zeros(8), np.ones((50, 8))).save(path)
+    with pytest.raises(SystemExit):
+        _cli.main(["demo", "--checkpoint", str(path), "--activations", "int8"])
+    assert "--activations" in capsys.readouterr().err
