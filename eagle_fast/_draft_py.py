@@ -112,11 +112,15 @@ class KernelHead:
                                        projection_bias.shape[0])))
         elif activations != "float":
             raise ValueError(f"activations must be 'float' or 'int8', got {activations!r}")
-        self.weight = _as_compute(projection_weight, weight_dtype, projection_scales, d_model)
         self.bias = projection_bias
-        self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales,
-                                   projection_bias.shape[0])
-        self.d_proj, self.d_model = self.weight.shape
+        if self._int is None:
+            self.weight = _as_compute(projection_weight, weight_dtype, projection_scales,
+                                      d_model)
+            self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales,
+                                       projection_bias.shape[0])
+            self.d_proj, self.d_model = self.weight.shape
+        else:   # the float copies are never used
+            self.d_proj, self.d_model = self._int[0].n_rows, self._int[0].n_cols
         self.vocab = lm_head_weight.shape[0]
         self.type_num = projection_bias.dtype.num
         self.residual = residual

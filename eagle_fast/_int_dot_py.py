@@ -66,17 +66,17 @@ def quantize_states(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IntMatrix:
-    """An int8/q8/q4 matrix as integer codes (rows, groups, 8, 4) in int32
-    and float32 scales (rows, groups)."""
+    """An int8/q8/q4 matrix as integer codes (rows, groups, 8, 4) (int8; q4:
+    code - 8) and float32 scales (rows, groups)."""
 
     def __init__(self, stored: StoredMatrix) -> None:
         rows, cols = stored.shape
         groups = n_groups(cols)
         assert stored.scales is not None
         if stored.weight_dtype == "q4":
-            codes = unpack_q4(stored.data).astype(np.int32) - 8
+            codes = (unpack_q4(stored.data).astype(np.int8) - 8).astype(np.int8)
         else:
-            codes = np.zeros((rows, groups * GROUP_SIZE), dtype=np.int32)
+            codes = np.zeros((rows, groups * GROUP_SIZE), dtype=np.int8)
             codes[:, :cols] = stored.data
         if stored.weight_dtype == "int8":
             scales = np.repeat(stored.scales.astype(np.float32)[:, None], groups, axis=1)
@@ -95,7 +95,7 @@ class IntMatrix:
         with np.errstate(all="ignore"):
             for start in range(0, self.n_rows, step):
                 rows = slice(start, start + step)
-                isum = np.einsum("rglk,bglk->brgl", self.codes[rows], xq)
+                isum = np.einsum("rglk,bglk->brgl", self.codes[rows].astype(np.int32), xq)
                 scale = self.scales[None, rows, :] * d[:, None, :]   # (B, rows, groups)
                 isum32 = isum.astype(np.float32)
                 acc = np.zeros(isum.shape[:2] + (LANES,), dtype=np.float32)

@@ -252,6 +252,8 @@ cdef extern from "_int_dot.h" nogil:
     void ef_qstates_free(ef_qstates* a)
     void ef_quantize_states(const float* v, Py_ssize_t n, ef_qstates* a, Py_ssize_t s0,
                             Py_ssize_t s1)
+    void ef_quantize_groups(const float* v, Py_ssize_t n, ef_qstates* a, Py_ssize_t n_states,
+                            Py_ssize_t g0, Py_ssize_t g1)
     void ef_int_products(const ef_imatrix* m, Py_ssize_t start, Py_ssize_t stop,
                          const ef_qstates* a, Py_ssize_t n_states, float* products)
     float ef_fma_f32(float a, float b, float c)
@@ -274,13 +276,18 @@ cdef inline void int_chunk_products(const ef_imatrix* m, Py_ssize_t start, Py_ss
         ef_int_products(m, start, stop, acts, n_states, products)
 
 
-cdef inline void quantize_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const floating* states,
-                                Py_ssize_t n, Py_ssize_t n_states,
-                                ef_qstates* acts) noexcept nogil:
-    """Quantize chunk c of the states (rows of n values) into acts."""
+cdef inline void quantize_states(const floating* states, Py_ssize_t n, Py_ssize_t n_states,
+                                 ef_qstates* acts) noexcept nogil:
+    """Quantize all the states (rows of n values) into acts."""
     if floating is float:
-        ef_quantize_states(states, n, acts, chunk_start(n_states, c, n_chunks),
-                           chunk_start(n_states, c + 1, n_chunks))
+        ef_quantize_states(states, n, acts, 0, n_states)
+
+
+cdef inline void quantize_groups(const floating* states, Py_ssize_t n, Py_ssize_t n_states,
+                                 Py_ssize_t g0, Py_ssize_t g1, ef_qstates* acts) noexcept nogil:
+    """Quantize groups g0 .. g1 of every state into acts."""
+    if floating is float:
+        ef_quantize_groups(states, n, acts, n_states, g0, g1)
 
 
 cdef inline const char* row_at(const StoredMatrix* m, Py_ssize_t r) noexcept nogil:
@@ -622,18 +629,27 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t chunk,
 
 cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const HeadWeights* head,
                          const floating* hidden, Py_ssize_t n_states,
-                         floating* x, floating* lanes,
-                         const ef_qstates* acts) noexcept nogil:
+                         floating* x, floating* lanes, const ef_qstates* acts,
+                         ef_qstates* x_acts) noexcept nogil:
+    """x for chunk c of the projection rows; with int8 activations (acts: the
+    quantized h) the chunks are whole groups of GROUP rows, and each quantizes
+    its own groups of x into x_acts (no barrier needed before pass two's)."""
     cdef Py_ssize_t d_proj = head.weight.n_rows
     cdef Py_ssize_t start = chunk_start(d_proj, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(d_proj, c + 1, n_chunks)
+    cdef Py_ssize_t n_groups = (d_proj + GROUP - 1) // GROUP
     if acts != NULL:
+        start = min(d_proj, chunk_start(n_groups, c, n_chunks) * GROUP)
+        stop = min(d_proj, chunk_start(n_groups, c + 1, n_chunks) * GROUP)
         int_chunk_products(&head.ints.weight, start, stop, acts, n_states, x)
     else:
         chunk_products(start, stop, &head.weight, hidden, n_states, x,
                        lanes + c * lane_buffer_size(n_states))
     projection_chunk(start, stop, <const floating*> head.bias, x, d_proj, n_states,
                      hidden if head.residual else NULL)
+    if acts != NULL and stop > start:   # start is then a multiple of GROUP
+        quantize_groups(x, d_proj, n_states, start // GROUP, (stop + GROUP - 1) // GROUP,
+                        x_acts)
 
 
 cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* lm_head,
@@ -700,29 +716,21 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
                     raise MemoryError()
             qh = &acts[0]
             qx = &acts[1]
+            # h once, serially (B x d_model values): pass one needs all of it.
+            quantize_states(hidden, head.weight.n_cols, n_states, qh)
         for i in range(n_slots * top_k):
             top_values[i] = -INFINITY
             top_ids[i] = INT64_MAX
 
         if n_threads == 1:
             # Small problems: no OpenMP region, so a call costs about a microsecond.
-            if qh != NULL:
-                quantize_chunk(0, 1, hidden, head.weight.n_cols, n_states, qh)
-            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes, qh)
-            if qx != NULL:
-                quantize_chunk(0, 1, x, head.weight.n_rows, n_states, qx)
+            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes, qh, qx)
             pass_two_chunk(0, 1, lm_head, x, n_states, logits, temperature, top_k, stats,
                            top_values, top_ids, lanes, int_lm_head, qx)
         else:
             with parallel(num_threads=n_threads):
-                if qh != NULL:
-                    for c in prange(n_chunks, schedule='static'):
-                        quantize_chunk(c, n_chunks, hidden, head.weight.n_cols, n_states, qh)
                 for c in prange(n_chunks, schedule='static'):
-                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes, qh)
-                if qx != NULL:
-                    for c in prange(n_chunks, schedule='static'):
-                        quantize_chunk(c, n_chunks, x, head.weight.n_rows, n_states, qx)
+                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes, qh, qx)
                 for c in prange(n_chunks, schedule='static'):
                     pass_two_chunk(c, n_chunks, lm_head, x, n_states, logits, temperature,
                                    top_k, stats, top_values, top_ids, lanes, int_lm_head, qx)

@@ -35,6 +35,7 @@
  *                         = n_groups rounded up to 8 (padded with 0)
  *   ef_qstates_alloc / _free
  *   ef_quantize_states(v, n, a, s0, s1)   states s0 .. s1 of v (n_states, n)
+ *   ef_quantize_groups(v, n, a, n_states, g0, g1)   groups g0 .. g1 of every state
  *   ef_int_products(m, start, stop, a, n_states, products)
  *                         products[s * m.n_rows + r] = row r . state s for
  *                         start <= r < stop
@@ -147,14 +148,14 @@ static inline float ef_quantize_group(const float* v, ptrdiff_t m, signed char* 
     return d;
 }
 
-static inline void ef_quantize_states(const float* v, ptrdiff_t n, ef_qstates* a,
-                                      ptrdiff_t s0, ptrdiff_t s1)
+static inline void ef_quantize_part(const float* v, ptrdiff_t n, ef_qstates* a,
+                                    ptrdiff_t s0, ptrdiff_t s1, ptrdiff_t g0, ptrdiff_t g1)
 {
     for (ptrdiff_t s = s0; s < s1; s++) {
         const float* row = v + s * n;
         signed char* q = a->q + s * a->n_pad;
         float* d = a->d + s * a->d_stride;
-        for (ptrdiff_t g = 0; g < a->n_groups; g++) {
+        for (ptrdiff_t g = g0; g < g1; g++) {
             ptrdiff_t j0 = g * EF_IGROUP;
             ptrdiff_t m = n - j0 < EF_IGROUP ? n - j0 : EF_IGROUP;
             d[g] = ef_quantize_group(row + j0, m, q + j0);
@@ -167,6 +168,18 @@ static inline void ef_quantize_states(const float* v, ptrdiff_t n, ef_qstates* a
             }
         }
     }
+}
+
+static inline void ef_quantize_states(const float* v, ptrdiff_t n, ef_qstates* a,
+                                      ptrdiff_t s0, ptrdiff_t s1)
+{
+    ef_quantize_part(v, n, a, s0, s1, 0, a->n_groups);
+}
+
+static inline void ef_quantize_groups(const float* v, ptrdiff_t n, ef_qstates* a,
+                                      ptrdiff_t n_states, ptrdiff_t g0, ptrdiff_t g1)
+{
+    ef_quantize_part(v, n, a, 0, n_states, g0, g1);
 }
 
 /* The integer code of row column j (q4: code - 8). */

@@ -429,3 +429,16 @@ def test_demo_takes_int8_activations(capsys, tmp_path):
     with pytest.raises(SystemExit):
         _cli.main(["demo", "--checkpoint", str(path), "--activations", "int8"])
     assert "--activations" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("d_proj", [33, 40, 64])
+def test_more_threads_than_groups(d_proj):
+    # d_proj of 2 groups (or fewer than threads' worth): every thread's rows
+    # are whole groups of 32, an empty share quantizes nothing.
+    rng = np.random.default_rng(21)
+    head = random_int_head(rng, "q8", 64, d_proj, 9000)
+    assert head.nbytes >= 256 * 1024        # runs on the threads asked for
+    hidden = rng.standard_normal((5, 64)).astype(F32)
+    one = logits_of(head, hidden, num_threads=1)
+    assert_bits_equal(logits_of(head, hidden, num_threads=2), one)
+    assert_bits_equal(logits_of(head, hidden[2], num_threads=2), one[2])
