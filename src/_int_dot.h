@@ -242,7 +242,7 @@ EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int ta
                                 _mm256_set1_epi8(0x0F));
     }
     const signed char* p = (const signed char*) row + g * EF_IGROUP;
-    if (prefetch) __builtin_prefetch(p + 4096);
+    if (prefetch) __builtin_prefetch(p + 2048);
     if (tail) {   /* a short last group: do not read past the row */
         signed char tmp[EF_IGROUP];
         memset(tmp, 0, sizeof(tmp));
