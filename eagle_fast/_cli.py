@@ -42,7 +42,7 @@ examples:
   eagle-fast demo --weight-dtype int8     the same head stored in 1 byte per weight
   eagle-fast demo --weight-dtype q4       4-bit groups of 32 (4.5 bits per weight)
   eagle-fast demo --weight-dtype q4 --activations int8
-                                          ... with integer dot products (states in int8)
+                                          q4 with integer dot products (int8 states)
   eagle-fast demo --checkpoint draft_head.safetensors
   eagle-fast inspect medusa_lm_head.safetensors --json
   eagle-fast info                         how the kernels were built (JSON)
