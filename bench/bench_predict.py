@@ -4,7 +4,7 @@ Usage::
 
     python bench/bench_predict.py [--quick] [--sizes NAME|DxPxV ...]
         [--batches 1 4 16 64] [--dtype float32|float64 ...] [--repeats N]
-        [--weight-dtypes float32 bfloat16 float16 int8 q8 q4]
+        [--weight-dtypes float32 bfloat16 float16 int8 q8 q4] [--no-int-activations]
         [--accuracy-size NAME|DxPxV] [--accuracy-states N]
         [--json PATH] [--plot PATH]
 
@@ -19,6 +19,11 @@ with the "flat" random weights (below; fixed seed) at each size
   stored as each of ``--weight-dtypes`` bfloat16, float16, int8, q8, q4 (the same
   weights converted by ``DraftHead(..., weight_dtype=...)``); they are
   contenders of the same round-robin, so their ratios come from one run;
+* beside each int8/q8/q4 head, the same head with ``activations="int8"``
+  (states quantized to int8, integer dot products; ``weights`` column
+  ``int8+a8``, ``q8+a8``, ``q4+a8``), unless ``--no-int-activations``; its
+  tokens are checked against its exact twin's dequantized logits with a
+  looser near-tie rule (its logits are rounded, ``INT_ACT_NEAR_TIE``);
 * NumPy written by hand, as a user would;
 * PyTorch CPU (``F.linear``, ``silu``, ``softmax``, ``argmax``), if importable;
 * in float32 runs with q8 / q4 among ``--weight-dtypes``, ggml's own Q8_0 / Q4_0
@@ -86,7 +91,9 @@ head through ``eagle_fast.compare`` (batched) over ``--accuracy-states``
 standard normal hidden states (default 256, ``--quick`` 64; 0, or no float32
 in ``--dtype``, turns the table off): top-1 agreement, top-5 overlap, max |delta
 confidence| (each head's probability of its own top-1 token) and mean
-KL(p_float32 || p_other) in nats, at T = 1.  Two synthetic heads:
+KL(p_float32 || p_other) in nats, at T = 1; int8/q8/q4 also with
+``activations="int8"`` (rows ``int8+a8``, ``q8+a8``, ``q4+a8``).  Two
+synthetic heads:
 
 * "flat": every entry of W, b and L ~ N(0, 0.02^2) -- the timed head.  With
   standard normal hidden states its logits have a std of about 1 (at
@@ -162,6 +169,9 @@ PROBE_MIN_BYTES = 1 << 20     # no read probe for heads that fit in cache
 DEFAULT_REPEATS = 9
 QUICK_REPEATS = 7
 F32_NEAR_TIE_RTOL = 1e-4      # float32 tokens may differ when logits are this close
+INT_ACT_NEAR_TIE = 5e-2       # ... int8-activation tokens (rounded logits), this close
+INT_ACTIVATION_WEIGHTS = ("int8", "q8", "q4")   # storages activations="int8" applies to
+INT_ACT_SUFFIX = " a8"        # contender-name suffix of the int8-activation twin
 LOW_PRECISION = ("bfloat16", "float16", "int8", "q8", "q4")
 # Bytes per weight of each low-precision storage (q8/q4: with their float16
 # group scales, one per 32 weights), for the memory estimate.
@@ -575,10 +585,15 @@ def head_on(backend: str, simd_level: Optional[str], weights: Sequence[np.ndarra
         _backend.use(previous.name, previous.simd_level if previous.name == "compiled" else None)
 
 
+def storage_label(head: eagle_fast.DraftHead) -> str:
+    """The ``weights`` column: the storage, ``+a8`` for int8 activations."""
+    return head.weight_dtype + ("+a8" if head.activations == "int8" else "")
+
+
 def draft_head_contender(name: str, head: eagle_fast.DraftHead, hidden: np.ndarray,
                          optional: bool = False) -> Contender:
     return Contender(name, lambda: head.predict(hidden, temperature=TEMPERATURE).tokens,
-                     optional=optional, weight_dtype=head.weight_dtype,
+                     optional=optional, weight_dtype=storage_label(head),
                      weight_bytes=head.nbytes)
 
 
@@ -609,13 +624,15 @@ def read_probe(weights: Sequence[np.ndarray], n_threads: int) -> Contender:
                      weight_bytes=sum(a.nbytes for a in weights))
 
 
-def make_heads(weights: Sequence[np.ndarray], low_precision: Sequence[str]
-               ) -> dict[str, eagle_fast.DraftHead]:
+def make_heads(weights: Sequence[np.ndarray], low_precision: Sequence[str],
+               int_activations: bool = True) -> dict[str, eagle_fast.DraftHead]:
     """One reusable DraftHead per eagle_fast contender, by contender name:
     the best compiled SIMD level (first: the reference of the "vs f32"
     column), the baseline one (if different), the Python fallback, then the
-    best compiled level with each ``low_precision`` weight dtype.  Built once
-    per size: construction validates (and converts) all the weights."""
+    best compiled level with each ``low_precision`` weight dtype (int8/q8/q4
+    followed by their ``activations="int8"`` twin, which shares the stored
+    weights).  Built once per size: construction validates (and converts)
+    all the weights."""
     heads = {}
     levels = _backend.simd_levels_available()          # best first
     if levels:
@@ -625,8 +642,10 @@ def make_heads(weights: Sequence[np.ndarray], low_precision: Sequence[str]
     heads[PYTHON_FALLBACK] = head_on("python", None, weights)
     if levels:
         for weight_dtype in low_precision:
-            heads[f"eagle_fast {levels[0]} {weight_dtype}"] = head_on(
-                "compiled", levels[0], weights, weight_dtype)
+            name = f"eagle_fast {levels[0]} {weight_dtype}"
+            heads[name] = head_on("compiled", levels[0], weights, weight_dtype)
+            if int_activations and weight_dtype in INT_ACTIVATION_WEIGHTS:
+                heads[name + INT_ACT_SUFFIX] = heads[name].to(activations="int8")
     return heads
 
 
@@ -741,10 +760,12 @@ def measure(contenders: list[Contender], repeats: int
     return list(measurements.values()), results
 
 
-def check_tokens(tokens: Any, ref_logits: np.ndarray, dtype: np.dtype) -> str:
+def check_tokens(tokens: Any, ref_logits: np.ndarray, dtype: np.dtype,
+                 rtol: float = F32_NEAR_TIE_RTOL) -> str:
     """Compare predicted tokens with the argmax of NumPy's logits (B, V).
 
-    float64 must match exactly; float32 may differ on near-ties only."""
+    float64 must match exactly; float32 may differ on near-ties only (top
+    logits within ``rtol``, relative to max(1, |top|))."""
     batch = ref_logits.shape[0]
     tokens = np.asarray(tokens).reshape(batch, -1)[:, 0]
     best = ref_logits.argmax(axis=1)
@@ -754,7 +775,7 @@ def check_tokens(tokens: Any, ref_logits: np.ndarray, dtype: np.dtype) -> str:
     if dtype == np.float32:
         top = ref_logits[wrong, best[wrong]]
         gap = top - ref_logits[wrong, tokens[wrong]]
-        if np.all(gap <= F32_NEAR_TIE_RTOL * np.maximum(1.0, np.abs(top))):
+        if np.all(gap <= rtol * np.maximum(1.0, np.abs(top))):
             return f"ok ({wrong.size} near-tie)"
     return f"MISMATCH {wrong.size}/{batch}"
 
@@ -834,8 +855,8 @@ def dequantized_logits(heads: dict[str, eagle_fast.DraftHead], size: Size,
     tokens are checked against (one dequantized copy alive at a time)."""
     logits = {}
     for name, head in heads.items():
-        if head.weight_dtype not in LOW_PRECISION:
-            continue
+        if head.weight_dtype not in LOW_PRECISION or head.activations != "float":
+            continue   # an int8-activation twin is checked against its exact twin's
         weights = (head.projection_weight, head.projection_bias, head.lm_head_weight)
         for batch in batches:
             hidden = make_hidden(size, batch, np.dtype(np.float32))
@@ -847,14 +868,14 @@ def dequantized_logits(heads: dict[str, eagle_fast.DraftHead], size: Size,
 
 def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int,
                probe_threads: int, low_precision: Sequence[str],
-               accuracy: Optional[Callable[[dict[str, eagle_fast.DraftHead]], None]] = None
-               ) -> list[CaseResult]:
+               accuracy: Optional[Callable[[dict[str, eagle_fast.DraftHead]], None]] = None,
+               int_activations: bool = True) -> list[CaseResult]:
     """Time all contenders at one size and dtype, for every batch.  Low-precision
     heads are timed only in float32 runs (they compute in float32).  If given,
     ``accuracy`` is called last with the float32 run's heads by weight dtype."""
     weights = make_weights(size, dtype)
     weight_bytes = sum(a.nbytes for a in weights)
-    heads = make_heads(weights, low_precision if dtype == np.float32 else ())
+    heads = make_heads(weights, low_precision if dtype == np.float32 else (), int_activations)
     reference = next(iter(heads))       # best compiled level (or the Python fallback)
     lp_logits = dequantized_logits(heads, size, batches)
     ggml_heads, ggml_checks, ggml_skipped = ggml_setup(weights, heads, low_precision
@@ -869,8 +890,10 @@ def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int
         ref_logits = np.atleast_2d(numpy_forward(hidden, *weights, TEMPERATURE)[0])
         for m in measurements:
             if not m.is_probe and m.median_s is not None:
+                twin = m.name.removesuffix(INT_ACT_SUFFIX)
                 m.check = ggml_checks.get(m.name) or check_tokens(
-                    results[m.name], lp_logits.get((m.name, batch), ref_logits), dtype)
+                    results[m.name], lp_logits.get((twin, batch), ref_logits), dtype,
+                    INT_ACT_NEAR_TIE if twin != m.name else F32_NEAR_TIE_RTOL)
         measurements += skipped + ggml_skipped
         probe_gbps = summarize(measurements, reference)
         case = CaseResult(size.name, size.d_model, size.d_proj, size.vocab, batch,
@@ -881,7 +904,8 @@ def bench_size(size: Size, dtype: np.dtype, batches: Sequence[int], repeats: int
         gc.collect()
     if accuracy is not None and dtype == np.float32:
         by_dtype = {head.weight_dtype: head for name, head in heads.items()
-                    if name == reference or head.weight_dtype in LOW_PRECISION}
+                    if (name == reference or head.weight_dtype in LOW_PRECISION)
+                    and head.activations == "float"}
         del heads, weights, lp_logits, ggml_heads    # free what the accuracy run does not use
         gc.collect()
         accuracy(by_dtype)
@@ -936,9 +960,11 @@ def top1_probs(head: eagle_fast.DraftHead, hidden: np.ndarray) -> tuple[np.ndarr
 
 def accuracy_kind(kind: str, description: str, heads: dict[str, eagle_fast.DraftHead],
                   hidden: np.ndarray, low_precision: Sequence[str], lm_head_scale: float,
-                  calibrated: Optional[float] = None) -> tuple[HeadKind, list[AccuracyRow]]:
-    """Compare each low-precision head with the float32 one (``heads["float32"]``);
-    a head missing from ``heads`` is made with ``to()``."""
+                  calibrated: Optional[float] = None, int_activations: bool = True
+                  ) -> tuple[HeadKind, list[AccuracyRow]]:
+    """Compare each low-precision head with the float32 one (``heads["float32"]``),
+    int8/q8/q4 also with ``activations="int8"`` (rows ``<dtype>+a8``); a head
+    missing from ``heads`` is made with ``to()``."""
     reference = heads["float32"]
     tokens, probs = top1_probs(reference, hidden)
     info = HeadKind(kind, description, lm_head_scale, float(np.median(probs)),
@@ -950,13 +976,19 @@ def accuracy_kind(kind: str, description: str, heads: dict[str, eagle_fast.Draft
         comparison = eagle_fast.compare(reference, other, hidden, top_k=ACCURACY_TOP_K,
                                         temperature=TEMPERATURE)
         rows.append(AccuracyRow(kind, weight_dtype, comparison))
+        if int_activations and weight_dtype in INT_ACTIVATION_WEIGHTS:
+            fast = other.to(activations="int8")
+            comparison = eagle_fast.compare(reference, fast, hidden, top_k=ACCURACY_TOP_K,
+                                            temperature=TEMPERATURE)
+            rows.append(AccuracyRow(kind, storage_label(fast), comparison))
+            del fast
         del other
     return info, rows
 
 
 def run_accuracy(size: Size, n_states: int, low_precision: Sequence[str],
-                 flat_heads: Optional[dict[str, eagle_fast.DraftHead]] = None
-                 ) -> AccuracyResult:
+                 flat_heads: Optional[dict[str, eagle_fast.DraftHead]] = None,
+                 int_activations: bool = True) -> AccuracyResult:
     """Accuracy of each low-precision weight dtype vs float32 on the flat and
     the peaked head, over the same ``n_states`` hidden states.  ``flat_heads``
     (by weight dtype) are the timed heads when this size was just timed."""
@@ -966,7 +998,7 @@ def run_accuracy(size: Size, n_states: int, low_precision: Sequence[str],
         flat_heads = {"float32": eagle_fast.DraftHead(*make_weights(size, np.dtype(np.float32)))}
     flat = accuracy_kind(
         "flat", f"W, b, L ~ N(0, {FLAT_SCALE}^2) (the timed head)", flat_heads, hidden,
-        low_precision, FLAT_SCALE)
+        low_precision, FLAT_SCALE, int_activations=int_activations)
     del flat_heads
     gc.collect()
     weights, scale, calibrated = make_peaked_weights(size)
@@ -975,7 +1007,8 @@ def run_accuracy(size: Size, n_states: int, low_precision: Sequence[str],
     peaked = accuracy_kind(
         "peaked", f"flat W, b; L rows with norms exp(N(0, {PEAKED_LOG_NORM_SIGMA:g}^2)), "
         f"times a global scale calibrated to median top-1 prob {PEAKED_TARGET_TOP1:g}",
-        peaked_heads, hidden, low_precision, FLAT_SCALE * scale, calibrated)
+        peaked_heads, hidden, low_precision, FLAT_SCALE * scale, calibrated,
+        int_activations=int_activations)
     del peaked_heads
     gc.collect()
     result = AccuracyResult(size.name, size.d_model, size.d_proj, size.vocab, n_states,
@@ -1098,6 +1131,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="how eagle_fast stores W and L in float32 runs: "
                              f"{', '.join(WEIGHT_DTYPES)} (default all); float32 is "
                              "always timed, as the reference of the low-precision ones")
+    parser.add_argument("--no-int-activations", dest="int_activations", action="store_false",
+                        help="do not time (nor compare) int8/q8/q4 heads with "
+                             "activations='int8' beside the exact ones")
     parser.add_argument("--accuracy-size", type=parse_size, metavar="SIZE",
                         help="size of the flat and peaked heads of the accuracy table "
                              f"(default {DEFAULT_ACCURACY_SIZE}, --quick {QUICK_ACCURACY_SIZE})")
@@ -1149,7 +1185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def run_accuracy_with(flat_heads: Optional[dict[str, eagle_fast.DraftHead]]) -> None:
         accuracy.append(run_accuracy(args.accuracy_size, args.accuracy_states,
-                                     args.low_precision, flat_heads))
+                                     args.low_precision, flat_heads, args.int_activations))
 
     probe_threads = max(2, usable_cpus())
     for dtype in (np.dtype(name) for name in args.dtype):
@@ -1172,7 +1208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 and same_shape(size, args.accuracy_size))
             cases += bench_size(size, dtype, args.batches, args.repeats, probe_threads,
                                 low_precision,
-                                run_accuracy_with if measure_accuracy else None)
+                                run_accuracy_with if measure_accuracy else None,
+                                args.int_activations)
             gc.collect()
     if want_accuracy and not accuracy:      # the accuracy size was not timed in float32
         run_accuracy_with(None)

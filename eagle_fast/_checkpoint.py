@@ -53,7 +53,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from ._head import DraftHead
+from ._head import DraftHead, check_activations
 from ._medusa import MedusaHeads
 from ._safetensors import (CheckpointError, Header, SafetensorsFile, read_header, shown,
                            write_safetensors)
@@ -261,19 +261,22 @@ def plan_head(header: Header) -> HeadPlan:
     return HeadPlan(weight_dtype, d_model, d_proj, vocab, residual, keys, target_vocab)
 
 
-def load_head(path: PathLike) -> DraftHead:
-    """The DraftHead saved at ``path`` (by ``DraftHead.save``), bit for bit."""
+def load_head(path: PathLike, *, activations: str = "float") -> DraftHead:
+    """The DraftHead saved at ``path`` (by ``DraftHead.save``), bit for bit,
+    with the given ``activations`` (not stored in the file)."""
     with SafetensorsFile(path) as file:
         header = file.header
         plan = plan_head(header)
         arrays = _read_tensors(file)
+    check_activations(activations, plan.weight_dtype)
     try:
         return DraftHead.from_stored(
             plan.weight_dtype, arrays["projection.weight"], arrays["projection.bias"],
             arrays["lm_head.weight"], projection_scales=arrays.get("projection.weight_scale"),
             lm_head_scales=arrays.get("lm_head.weight_scale"), residual=plan.residual,
             d2t=arrays.get("d2t"), target_vocab_size=plan.target_vocab_size,
-            d_model=plan.d_model if plan.weight_dtype == "q4" else None)
+            d_model=plan.d_model if plan.weight_dtype == "q4" else None,
+            activations=activations)
     except (ValueError, TypeError) as exc:
         raise header.error(str(exc)) from exc
 
@@ -356,7 +359,8 @@ def _to_compute(bias: np.ndarray, dtype: type) -> np.ndarray:
     return converted
 
 
-def load_medusa(path: PathLike, *, weight_dtype: Optional[str] = None) -> MedusaHeads:
+def load_medusa(path: PathLike, *, weight_dtype: Optional[str] = None,
+                activations: str = "float") -> MedusaHeads:
     """The heads of a Medusa checkpoint (``medusa_lm_head.safetensors``) as
     ``eagle_fast.MedusaHeads``; head ``i`` guesses the token ``i + 1`` steps
     after the next one.
@@ -366,12 +370,15 @@ def load_medusa(path: PathLike, *, weight_dtype: Optional[str] = None) -> Medusa
     -> ``"float16"``, F32 -> ``"float32"``, F64 -> ``"float64"``), bit for
     bit; ``weight_dtype`` stores them otherwise (e.g. ``"int8"``).  The bias
     becomes the heads' compute dtype (float32, or float64 for float64 heads).
+    ``activations="int8"`` (int8/q8/q4 storage; a runtime option, not stored)
+    takes integer dot products, see :class:`eagle_fast.DraftHead`.
     """
     target = None if weight_dtype is None else resolve_weight_dtype(weight_dtype)
     with SafetensorsFile(path) as file:
         header = file.header
         plans = plan_medusa(header)
         arrays = _read_tensors(file)
+    check_activations(activations, target or plans[0].weight_dtype)
     heads = []
     for i, plan in enumerate(plans):
         keys = plan.keys
@@ -382,12 +389,12 @@ def load_medusa(path: PathLike, *, weight_dtype: Optional[str] = None) -> Medusa
                 compute = np.float64 if plan.weight_dtype == "float64" else np.float32
                 head = DraftHead.from_stored(plan.weight_dtype, weight,
                                              _to_compute(bias, compute), lm_head,
-                                             residual=True)
+                                             residual=True, activations=activations)
             else:  # the constructor converts (and checks) the bias itself
                 matrix_dtype = header.tensors[keys["projection.weight"]].dtype
                 head = DraftHead(_as_float(weight, matrix_dtype), bias,
                                  _as_float(lm_head, matrix_dtype), weight_dtype=target,
-                                 residual=True)
+                                 residual=True, activations=activations)
         except (ValueError, TypeError) as exc:
             raise header.error(f"head {i}: {exc}") from exc
         heads.append(head)

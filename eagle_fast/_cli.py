@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__, _backend, _generate_cli, build_info
 from ._checkpoint import FORMAT, MEDUSA_FORMAT, CheckpointError, inspect_checkpoint, load_medusa
-from ._head import DraftHead, DraftResult
+from ._head import ACTIVATIONS, INT_ACTIVATION_WEIGHTS, DraftHead, DraftResult, check_activations
 from ._medusa import MedusaHeads
 from ._storage import LOW_PRECISION
 
@@ -41,6 +41,8 @@ examples:
   eagle-fast demo --preset tiny --top-k 4 --batch 3
   eagle-fast demo --weight-dtype int8     the same head stored in 1 byte per weight
   eagle-fast demo --weight-dtype q4       4-bit groups of 32 (4.5 bits per weight)
+  eagle-fast demo --weight-dtype q4 --activations int8
+                                          q4 with integer dot products (int8 states)
   eagle-fast demo --checkpoint draft_head.safetensors
   eagle-fast inspect medusa_lm_head.safetensors --json
   eagle-fast info                         how the kernels were built (JSON)
@@ -226,13 +228,15 @@ def _all_backends() -> list[tuple[str, Optional[str]]]:
 
 
 def demo(preset: str, dtype: str, weight_dtype: Optional[str], batch: int, top_k: int,
-         seconds: float) -> None:
+         seconds: float, activations: str = "float") -> None:
     d_model, d_proj, vocab = PRESETS[preset]
     if top_k > vocab:
         raise _UsageError(f"--top-k {top_k} is larger than the vocabulary ({vocab})")
     backends = _all_backends()
     n_weights = d_proj * d_model + vocab * d_proj
     stored = f", weights stored as {weight_dtype}" if weight_dtype else ""
+    if activations != "float":
+        stored += f", {activations} activations"
     print(f"eagle_fast demo: preset {preset} (d_model={d_model}, d_proj={d_proj}, "
           f"vocab={vocab}), {dtype}{stored}, batch {batch}, top_k {top_k}")
     memory = _demo_memory(n_weights, d_proj, vocab, d_model, np.dtype(dtype).itemsize,
@@ -251,16 +255,21 @@ def demo(preset: str, dtype: str, weight_dtype: Optional[str], batch: int, top_k
     print(f"random weights built in {time.perf_counter() - start:.1f} s", flush=True)
     shape = (d_model,) if batch == 1 else (batch, d_model)
     hidden = rng.standard_normal(shape).astype(dtype) * 2
-    _run_demo(lambda: DraftHead(*weights, weight_dtype=weight_dtype), hidden, top_k, seconds,
-              numpy_weights=[(*weights, False, None)])
+    _run_demo(lambda: DraftHead(*weights, weight_dtype=weight_dtype, activations=activations),
+              hidden, top_k, seconds, numpy_weights=[(*weights, False, None)])
 
 
-def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float) -> None:
+def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float,
+                    activations: str = "float") -> None:
     """The demo on the head(s) of a checkpoint, with random hidden states."""
     info = inspect_checkpoint(path)
     if info["format"] not in (FORMAT, MEDUSA_FORMAT):
         raise CheckpointError(f"{path}: neither an eagle_fast draft head nor a Medusa "
                               "checkpoint (see eagle-fast inspect)")
+    try:
+        check_activations(activations, info["heads"][0]["weight_dtype"])
+    except ValueError as exc:
+        raise _UsageError(f"--activations: {exc}") from exc
     vocab = min(head["vocab_size"] for head in info["heads"])
     if top_k > vocab:
         raise _UsageError(f"--top-k {top_k} is larger than the checkpoint's vocabulary "
@@ -275,7 +284,9 @@ def demo_checkpoint(path: str, batch: int, top_k: int, seconds: float) -> None:
     _check_memory(memory)
 
     def load() -> Model:
-        return load_medusa(path) if info["format"] == MEDUSA_FORMAT else DraftHead.load(path)
+        if info["format"] == MEDUSA_FORMAT:
+            return load_medusa(path, activations=activations)
+        return DraftHead.load(path, activations=activations)
 
     print(f"eagle_fast demo: checkpoint {path}")
     print(f"  {_describe(info)}; batch {batch}, top_k {top_k}")
@@ -568,6 +579,10 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     demo_parser.add_argument("--weight-dtype", choices=LOW_PRECISION, default=None,
                              help="store the preset's matrices in low precision "
                                   "(computes in float32)")
+    demo_parser.add_argument("--activations", choices=ACTIVATIONS, default="float",
+                             help="int8: quantize the hidden states and features to "
+                                  "int8 and take integer dot products (faster, slightly "
+                                  "rounded; int8/q8/q4 weights only; default float, exact)")
     demo_parser.add_argument("--batch", type=_positive_int, default=1, metavar="B",
                              help="hidden states per call (default 1)")
     demo_parser.add_argument("--top-k", type=_positive_int, default=1, metavar="K",
@@ -616,6 +631,9 @@ def _run(argv: Optional[Sequence[str]]) -> int:
                                   "drop --preset/--dtype/--weight-dtype")
         elif args.weight_dtype is not None and args.dtype == "float64":
             demo_parser.error("--weight-dtype computes in float32; drop --dtype float64")
+        elif args.activations != "float" and args.weight_dtype not in INT_ACTIVATION_WEIGHTS:
+            demo_parser.error(f"--activations {args.activations} needs --weight-dtype int8, "
+                              "q8 or q4")
     if args.command == "generate":
         problem = _generate_cli.check_arguments(args)
         if problem is not None:
@@ -633,10 +651,11 @@ def _run(argv: Optional[Sequence[str]]) -> int:
         elif args.command == "generate":
             return _generate_cli.run(args)
         elif args.checkpoint is not None:
-            demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds)
+            demo_checkpoint(args.checkpoint, args.batch, args.top_k, args.seconds,
+                            args.activations)
         else:
             demo(args.preset or "llama-7b", args.dtype or "float32", args.weight_dtype,
-                 args.batch, args.top_k, args.seconds)
+                 args.batch, args.top_k, args.seconds, args.activations)
     except _UsageError as exc:
         demo_parser.error(str(exc))
     except (_DemoError, _generate_cli.GenerateError, CheckpointError, ImportError,

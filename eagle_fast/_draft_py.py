@@ -14,6 +14,7 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from ._int_dot_py import IntMatrix, fma32, int_products
 from ._storage import StoredMatrix
 
 # (n_bad, tokens, token_probs, logits or None, probs or None)
@@ -27,6 +28,14 @@ COMPILER = "none"
 
 def max_threads() -> int:
     return 1
+
+
+def fma_f32(a: float, b: float, c: float) -> float:
+    """fl32(a * b + c), one rounding, as the integer dot products accumulate
+    (a: an integer of at most 17 bits); for the tests."""
+    with np.errstate(all="ignore"):
+        return float(fma32(np.array([a], np.float32), np.array([b], np.float32),
+                           np.array([c], np.float32))[0])
 
 
 # Per-call costs are most of a small head's time, so the hot calls skip
@@ -139,28 +148,50 @@ class KernelHead:
     compute dtype; low-precision matrices ("bfloat16" bit patterns, "float16",
     "int8" with per-row scales, "q8"/"q4" with group scales) are converted
     to float32 once, here, which
-    costs 2-4x their memory but keeps every call a plain float32 computation."""
+    costs 2-4x their memory but keeps every call a plain float32 computation.
+    ``activations="int8"`` (int8/q8/q4 only) keeps the integer codes instead
+    and takes integer dot products with int8-quantized states
+    (eagle_fast._int_dot_py, the compiled _int_dot.h's arithmetic)."""
 
     def __init__(self, projection_weight: np.ndarray, projection_bias: np.ndarray,
                  lm_head_weight: np.ndarray, weight_dtype: str = "native",
                  projection_scales: Optional[np.ndarray] = None,
                  lm_head_scales: Optional[np.ndarray] = None, residual: bool = False,
-                 d_model: int = -1) -> None:
-        self.weight = _as_compute(projection_weight, weight_dtype, projection_scales, d_model)
+                 d_model: int = -1, activations: str = "float") -> None:
+        self.activations = activations
+        self._int: Optional[tuple[IntMatrix, IntMatrix]] = None
+        if activations == "int8":
+            if weight_dtype not in ("int8", "q8", "q4"):
+                raise ValueError("activations='int8' needs int8, q8 or q4 weights")
+            self._int = (
+                IntMatrix(StoredMatrix(weight_dtype, projection_weight, projection_scales,
+                                       d_model)),
+                IntMatrix(StoredMatrix(weight_dtype, lm_head_weight, lm_head_scales,
+                                       projection_bias.shape[0])))
+        elif activations != "float":
+            raise ValueError(f"activations must be 'float' or 'int8', got {activations!r}")
         self.bias = projection_bias
-        self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales,
-                                   projection_bias.shape[0])
-        self.d_proj, self.d_model = self.weight.shape
+        if self._int is None:
+            self.weight = _as_compute(projection_weight, weight_dtype, projection_scales,
+                                      d_model)
+            self.lm_head = _as_compute(lm_head_weight, weight_dtype, lm_head_scales,
+                                       projection_bias.shape[0])
+            self.d_proj, self.d_model = self.weight.shape
+        else:   # the float copies are never used
+            self.d_proj, self.d_model = self._int[0].n_rows, self._int[0].n_cols
         self.vocab = lm_head_weight.shape[0]
         self.type_num = projection_bias.dtype.num
         self.residual = residual
         self._float64 = projection_bias.dtype == np.float64
         if residual and self.d_proj != self.d_model:
             raise ValueError("a residual head needs d_proj == d_model")
-        # The stacked forms the products take (see above), made once.
-        self._weight3 = self.weight[None]
-        self._lm_head3 = self.lm_head[None]
-        self._repeats = repeated_rows(self.lm_head)
+        # The stacked forms the float products take (see above), made once;
+        # integer dot products treat equal rows alike by themselves.
+        self._repeats: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        if self._int is None:
+            self._weight3 = self.weight[None]
+            self._lm_head3 = self.lm_head[None]
+            self._repeats = repeated_rows(self.lm_head)
         # A 0-d array of the dtype adds faster than the Python scalar 1.
         self._one = np.ones((), projection_bias.dtype)
 
@@ -181,7 +212,11 @@ class KernelHead:
             # A batch as a stack of column vectors (B, d, 1); the elementwise
             # steps run on plain (d_proj,) or (B, d_proj) views (cheaper to
             # broadcast).
-            if single:
+            if self._int is not None:
+                v = int_products(self._int[0], hidden.reshape(n_states, self.d_model))
+                if single:
+                    v = v[0]
+            elif single:
                 v = _dot(self.weight, hidden)
             else:
                 v = _matmul(self._weight3, hidden.reshape(n_states, self.d_model, 1)).reshape(
@@ -198,7 +233,11 @@ class KernelHead:
                 x = np.where(v > -500, x, v * 0)
             if self.residual:
                 x += hidden
-            if single:
+            if self._int is not None:
+                scores = int_products(self._int[1], x.reshape(n_states, self.d_proj))
+                if single:
+                    scores = scores[0]
+            elif single:
                 scores = _dot(self.lm_head, x)
             else:
                 scores = _matmul(self._lm_head3, x.reshape(n_states, self.d_proj, 1)).reshape(

@@ -41,6 +41,22 @@ STREAMING_TOP_K_MAX = 64
 
 _FLOAT_MAX = float(np.finfo(np.float64).max)
 
+# The ``activations`` option: "float" (exact) or "int8" (integer dot products).
+ACTIVATIONS = ("float", "int8")
+# Weight storages "int8" activations apply to.
+INT_ACTIVATION_WEIGHTS = ("int8", "q8", "q4")
+
+
+def check_activations(activations: Any, weight_dtype: str) -> str:
+    """``activations`` checked against a head's storage type."""
+    if not isinstance(activations, str) or activations not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {', '.join(map(repr, ACTIVATIONS))}, "
+                         f"got {activations!r}")
+    if activations == "int8" and weight_dtype not in INT_ACTIVATION_WEIGHTS:
+        raise ValueError(f"activations='int8' applies to int8, q8 and q4 weights only, "
+                         f"not weight_dtype={weight_dtype!r} (use activations='float')")
+    return activations
+
 
 class DraftResult:
     """What ``DraftHead.predict`` returns.
@@ -125,6 +141,21 @@ class DraftHead:
     target_vocab_size : int, optional
         Size of the target vocabulary (default: one past the largest target
         id of ``d2t``), an integer of at most ``2**31 - 1``; only with ``d2t``.
+    activations : {"float", "int8"}, default "float"
+        How int8/q8/q4 heads take their dot products.  ``"float"``: exactly
+        a float32 computation on the dequantized weights.  ``"int8"``:
+        llama.cpp-style integer dot products -- each state (h for W, the
+        features x for L) is quantized once per call to int8 in groups of 32
+        columns (Q8_0: ``d = fl32(max|v| / 127)``, ``q = rint(clip(fl32(v /
+        d), -127, 127))``, nearest with ties to even; ``q = 0`` where ``d =
+        0``), the integer sums ``w . q`` are exact (int32, per lane of 4
+        columns of each group), and only their scaling by ``fl32(dw * d)``
+        and the float32 sums (fused multiply-adds) are rounded, in a fixed
+        order: every backend and SIMD level gives the same bits, and a batch
+        equals its states one by one.  Faster on AVX2 at a small cost in accuracy
+        (``eagle_fast.compare``); a runtime choice, not stored in
+        checkpoints.  Other weight dtypes only take ``"float"``.  Full
+        definition: ``eagle_fast._int_dot_py``.
 
     Weights are checked once here (shapes, finite values) and converted to
     C-contiguous, aligned arrays; arrays that already are in the stored form
@@ -134,7 +165,8 @@ class DraftHead:
     def __init__(self, projection_weight: Any, projection_bias: Any,
                  lm_head_weight: Any, *, dtype: Optional[Any] = None,
                  weight_dtype: Optional[Any] = None, residual: bool = False,
-                 d2t: Any = None, target_vocab_size: Optional[int] = None) -> None:
+                 d2t: Any = None, target_vocab_size: Optional[int] = None,
+                 activations: str = "float") -> None:
         weight, bias, lm_head = head_arrays(
             projection_weight, projection_bias, lm_head_weight,
             ("projection_weight", "projection_bias", "lm_head_weight"))
@@ -154,6 +186,7 @@ class DraftHead:
         else:
             compute_dtype = resolve_dtype(inputs, dtype)
             stored_as = compute_dtype.name
+        check_activations(activations, stored_as)
 
         def convert(name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
             converted = as_kernel_array(array, dtype)
@@ -174,7 +207,7 @@ class DraftHead:
             stored_lm_head = StoredMatrix(
                 stored_as, convert("lm_head_weight", lm_head, compute_dtype))
         self._bind(stored_weight, convert("projection_bias", bias, compute_dtype),
-                   stored_lm_head, residual, d2t, target_vocab_size)
+                   stored_lm_head, residual, d2t, target_vocab_size, activations)
 
     @classmethod
     def from_stored(cls, weight_dtype: Optional[str] = None, projection_weight: Any = None,
@@ -182,7 +215,7 @@ class DraftHead:
                     projection_scales: Any = None, lm_head_scales: Any = None,
                     residual: bool = False, d2t: Any = None,
                     target_vocab_size: Optional[int] = None, d_model: Optional[int] = None,
-                    **stored: Any) -> DraftHead:
+                    activations: str = "float", **stored: Any) -> DraftHead:
         """A head from weights already in their stored form (as
         :meth:`stored_arrays` returns them, or as read from a checkpoint):
         ``bfloat16`` as uint16 bit patterns, ``float16``, ``int8`` with float32
@@ -190,7 +223,7 @@ class DraftHead:
         (rows, groups)), ``q4`` (uint8, two codes per byte, float16 scales),
         or ``float32``/``float64``.  Nothing is re-rounded;
         everything is checked (dtypes, shapes, finite values).  ``residual``,
-        ``d2t`` and ``target_vocab_size`` as in the constructor.
+        ``d2t``, ``target_vocab_size`` and ``activations`` as in the constructor.
 
         ``weight_dtype`` may be left out: it follows from the dtype of
         ``projection_weight`` (uint16 is bfloat16) and its scales (float16
@@ -219,6 +252,7 @@ class DraftHead:
             weight_dtype = _stored_weight_dtype(arrays["projection_weight"],
                                                 arrays["projection_scales"])
         stored_as = resolve_weight_dtype(weight_dtype)
+        check_activations(activations, stored_as)
         projection_bias = arrays["projection_bias"]
         bias = real_array(projection_bias, "projection_bias")
         if stored_as != "q4" and d_model is not None:
@@ -244,11 +278,12 @@ class DraftHead:
         bias = as_kernel_array(bias, np.dtype(bias_dtype))
         check_finite(bias, "projection_bias")
         head = cls.__new__(cls)
-        head._bind(weight, bias, lm_head, residual, d2t, target_vocab_size)
+        head._bind(weight, bias, lm_head, residual, d2t, target_vocab_size, activations)
         return head
 
     def _bind(self, weight: StoredMatrix, bias: np.ndarray, lm_head: StoredMatrix,
-              residual: Any, d2t: Any, target_vocab_size: Any) -> None:
+              residual: Any, d2t: Any, target_vocab_size: Any,
+              activations: str = "float") -> None:
         """Check the head's options, then hand validated stored weights to the
         active backend's kernel."""
         d_proj, d_model = weight.shape
@@ -277,7 +312,8 @@ class DraftHead:
         self._kernel = self._backend.draft.KernelHead(
             weight.data, bias, lm_head.data,
             weight.weight_dtype if low_precision else "native", weight.scales, lm_head.scales,
-            self._residual, weight.n_cols)
+            self._residual, weight.n_cols, activations)
+        self._activations = activations
         self._nbytes = weight.nbytes + bias.nbytes + lm_head.nbytes
         self._parallel = self._nbytes >= PARALLEL_MIN_WEIGHT_BYTES
         self._default_threads = self._backend.draft.max_threads()
@@ -309,6 +345,12 @@ class DraftHead:
         """How W and L are stored: float32, float64, bfloat16, float16, int8,
         q8 or q4."""
         return self._weight_dtype
+
+    @property
+    def activations(self) -> str:
+        """How the dot products are taken: "float" (exact) or "int8" (states
+        quantized to int8, integer dot products; int8/q8/q4 heads)."""
+        return self._activations
 
     @property
     def residual(self) -> bool:
@@ -367,16 +409,29 @@ class DraftHead:
             arrays["lm_head.weight_scale"] = self._lm_head.scales
         return {name: _read_only(array) for name, array in arrays.items()}
 
-    def to(self, weight_dtype: Any) -> DraftHead:
-        """This head with its matrices stored as ``weight_dtype`` (this very
-        head if it already is).  Converting a low-precision head re-rounds its
-        dequantized weights; the bias becomes the new compute dtype."""
-        stored_as = resolve_weight_dtype(weight_dtype)
+    def to(self, weight_dtype: Any = None, *, activations: Optional[str] = None) -> DraftHead:
+        """This head with its matrices stored as ``weight_dtype`` (default:
+        as now) and the given ``activations`` (default: this head's where it
+        applies to the new storage, else "float"); this very head if nothing
+        changes.  Converting a low-precision head re-rounds its dequantized
+        weights; the bias becomes the new compute dtype.  Changing only
+        ``activations`` shares the stored weights, bit for bit."""
+        stored_as = self._weight_dtype if weight_dtype is None else resolve_weight_dtype(
+            weight_dtype)
+        if activations is None:
+            activations = (self._activations if stored_as in INT_ACTIVATION_WEIGHTS
+                           else "float")
+        check_activations(activations, stored_as)
         if stored_as == self._weight_dtype:
-            return self
+            if activations == self._activations:
+                return self
+            head = DraftHead.__new__(DraftHead)
+            head._bind(self._weight, self._bias, self._lm_head, self._residual, self._d2t,
+                       self._target_vocab_size, activations)
+            return head
         return DraftHead(self._weight.dequantize(), self._bias, self._lm_head.dequantize(),
                          weight_dtype=stored_as, residual=self._residual, d2t=self._d2t,
-                         target_vocab_size=self._target_vocab_size)
+                         target_vocab_size=self._target_vocab_size, activations=activations)
 
     def __reduce__(self) -> tuple:
         # Pickles (e.g. for multiprocessing) as its stored weights, bit for
@@ -384,10 +439,13 @@ class DraftHead:
         return (_restore_head, (self._weight_dtype, self._weight.data, self._bias,
                                 self._lm_head.data, self._weight.scales, self._lm_head.scales,
                                 self._residual, self._d2t, self._target_vocab_size,
-                                self._weight.n_cols if self._weight_dtype == "q4" else None))
+                                self._weight.n_cols if self._weight_dtype == "q4" else None,
+                                self._activations))
 
     def __repr__(self) -> str:
         extra = ", residual=True" if self._residual else ""
+        if self._activations != "float":
+            extra += f", activations={self._activations!r}"
         if self._target_vocab_size is not None:
             extra += f", target_vocab_size={self._target_vocab_size}"
         return (f"DraftHead(d_model={self.d_model}, d_proj={self.d_proj}, "
@@ -517,13 +575,15 @@ class DraftHead:
         save_head(self, path)
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> DraftHead:
+    def load(cls, path: Union[str, os.PathLike], *, activations: str = "float") -> DraftHead:
         """The head :meth:`save` wrote to ``path``, bit for bit, on the active
-        backend.  A bad file raises ``eagle_fast.CheckpointError`` (a
-        ValueError) naming the problem.  Medusa checkpoints load with
-        :func:`eagle_fast.load_medusa`."""
+        backend, with the given ``activations`` (a runtime option, not
+        stored: see the constructor).  A bad file raises
+        ``eagle_fast.CheckpointError`` (a ValueError) naming the problem; an
+        ``activations`` that does not apply to its storage, a ValueError.
+        Medusa checkpoints load with :func:`eagle_fast.load_medusa`."""
         from ._checkpoint import load_head
-        return load_head(path)
+        return load_head(path, activations=activations)
 
 
 # stored_arrays()'s names -> from_stored's arguments.
@@ -559,11 +619,12 @@ def _restore_head(weight_dtype: str, weight: np.ndarray, bias: np.ndarray,
                   lm_head: np.ndarray, weight_scales: Optional[np.ndarray],
                   lm_head_scales: Optional[np.ndarray], residual: bool,
                   d2t: Optional[np.ndarray], target_vocab_size: Optional[int],
-                  d_model: Optional[int] = None) -> DraftHead:
+                  d_model: Optional[int] = None, activations: str = "float") -> DraftHead:
     return DraftHead.from_stored(weight_dtype, weight, bias, lm_head,
                                  projection_scales=weight_scales,
                                  lm_head_scales=lm_head_scales, residual=residual, d2t=d2t,
-                                 target_vocab_size=target_vocab_size, d_model=d_model)
+                                 target_vocab_size=target_vocab_size, d_model=d_model,
+                                 activations=activations)
 
 
 def predict(hidden: Any, projection_weight: Any, projection_bias: Any, lm_head_weight: Any,
@@ -571,11 +632,12 @@ def predict(hidden: Any, projection_weight: Any, projection_bias: Any, lm_head_w
     """One-shot ``DraftHead(W, b, L).predict(hidden, **kwargs)``.
 
     Builds (and validates) the head on every call: reuse a ``DraftHead`` when
-    the weights do not change.  ``dtype`` and ``weight_dtype`` go to the head,
-    the rest to predict.
+    the weights do not change.  ``dtype``, ``weight_dtype`` and
+    ``activations`` go to the head, the rest to predict.
     """
     dtype = kwargs.pop("dtype", None)
     weight_dtype = kwargs.pop("weight_dtype", None)
+    activations = kwargs.pop("activations", "float")
     head = DraftHead(projection_weight, projection_bias, lm_head_weight, dtype=dtype,
-                     weight_dtype=weight_dtype)
+                     weight_dtype=weight_dtype, activations=activations)
     return head.predict(hidden, **kwargs)

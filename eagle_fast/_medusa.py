@@ -81,6 +81,12 @@ class MedusaHeads:
         return kinds.pop() if len(kinds) == 1 else "mixed"
 
     @property
+    def activations(self) -> str:
+        """The heads' ``activations`` ("float", "int8"; "mixed" if they differ)."""
+        kinds = {head.activations for head in self._heads}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    @property
     def nbytes(self) -> int:
         return sum(head.nbytes for head in self._heads)
 

@@ -256,6 +256,65 @@ ctypedef struct HeadWeights:
     const void* bias          # b (d_proj,), of the compute dtype
     StoredMatrix lm_head      # L (vocab, d_proj)
     bint residual             # x = h + SiLU(W h + b) (Medusa); needs d_proj == d_model
+    const IntWeights* ints    # activations="int8": W and L for _int_dot.h, else NULL
+
+
+# ---------------------------------------------------------------------------
+# Integer dot products (activations="int8", _int_dot.h): the states are
+# quantized to int8 once per call (h before pass 1, x between the passes),
+# then int8/q8/q4 rows take vpmaddubsw/vpmaddwd dot products with them.
+# ---------------------------------------------------------------------------
+
+cdef extern from "_int_dot.h" nogil:
+    ctypedef struct ef_qstates:
+        pass
+    ctypedef struct ef_imatrix:
+        int kind
+        const char* data
+        Py_ssize_t row_bytes, n_rows, n_cols, n_groups
+        const unsigned short* gscales
+        const float* row_scales
+    int EF_INT_I8, EF_INT_Q8, EF_INT_Q4
+    int ef_qstates_alloc(ef_qstates* a, Py_ssize_t n_states, Py_ssize_t n, int with_sums)
+    void ef_qstates_free(ef_qstates* a)
+    void ef_quantize_states(const float* v, Py_ssize_t n, ef_qstates* a, Py_ssize_t s0,
+                            Py_ssize_t s1)
+    void ef_quantize_groups(const float* v, Py_ssize_t n, ef_qstates* a, Py_ssize_t n_states,
+                            Py_ssize_t g0, Py_ssize_t g1)
+    void ef_int_products(const ef_imatrix* m, Py_ssize_t start, Py_ssize_t stop,
+                         const ef_qstates* a, Py_ssize_t n_states, float* products)
+    float ef_fma_f32(float a, float b, float c)
+
+def fma_f32(float a, float b, float c):
+    """fl32(a * b + c), one rounding, as the integer dot products accumulate
+    (a: an integer of at most 17 bits); for the tests."""
+    return ef_fma_f32(a, b, c)
+
+
+ctypedef struct IntWeights:
+    ef_imatrix weight
+    ef_imatrix lm_head
+
+
+cdef inline void int_chunk_products(const ef_imatrix* m, Py_ssize_t start, Py_ssize_t stop,
+                                    const ef_qstates* acts, Py_ssize_t n_states,
+                                    floating* products) noexcept nogil:
+    if floating is float:
+        ef_int_products(m, start, stop, acts, n_states, products)
+
+
+cdef inline void quantize_states(const floating* states, Py_ssize_t n, Py_ssize_t n_states,
+                                 ef_qstates* acts) noexcept nogil:
+    """Quantize all the states (rows of n values) into acts."""
+    if floating is float:
+        ef_quantize_states(states, n, acts, 0, n_states)
+
+
+cdef inline void quantize_groups(const floating* states, Py_ssize_t n, Py_ssize_t n_states,
+                                 Py_ssize_t g0, Py_ssize_t g1, ef_qstates* acts) noexcept nogil:
+    """Quantize groups g0 .. g1 of every state into acts."""
+    if floating is float:
+        ef_quantize_groups(states, n, acts, n_states, g0, g1)
 
 
 cdef inline const char* row_at(const StoredMatrix* m, Py_ssize_t r) noexcept nogil:
@@ -660,27 +719,44 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t n, Py_ssize_t chunk,
 
 cdef void pass_one_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const HeadWeights* head,
                          const floating* hidden, Py_ssize_t n_states,
-                         floating* x, floating* lanes) noexcept nogil:
+                         floating* x, floating* lanes, const ef_qstates* acts,
+                         ef_qstates* x_acts) noexcept nogil:
+    """x for chunk c of the projection rows; with int8 activations (acts: the
+    quantized h) the chunks are whole groups of GROUP rows, and each quantizes
+    its own groups of x into x_acts (no barrier needed before pass two's)."""
     cdef Py_ssize_t d_proj = head.weight.n_rows
     cdef Py_ssize_t start = chunk_start(d_proj, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(d_proj, c + 1, n_chunks)
-    chunk_products(start, stop, &head.weight, hidden, n_states, x,
-                   lanes + c * lane_buffer_size(n_states))
+    cdef Py_ssize_t n_groups = (d_proj + GROUP - 1) // GROUP
+    if acts != NULL:
+        start = min(d_proj, chunk_start(n_groups, c, n_chunks) * GROUP)
+        stop = min(d_proj, chunk_start(n_groups, c + 1, n_chunks) * GROUP)
+        int_chunk_products(&head.ints.weight, start, stop, acts, n_states, x)
+    else:
+        chunk_products(start, stop, &head.weight, hidden, n_states, x,
+                       lanes + c * lane_buffer_size(n_states))
     projection_chunk(start, stop, <const floating*> head.bias, x, d_proj, n_states,
                      hidden if head.residual else NULL)
+    if acts != NULL and stop > start:   # start is then a multiple of GROUP
+        quantize_groups(x, d_proj, n_states, start // GROUP, (stop + GROUP - 1) // GROUP,
+                        x_acts)
 
 
 cdef void pass_two_chunk(Py_ssize_t c, Py_ssize_t n_chunks, const StoredMatrix* lm_head,
                          const floating* x, Py_ssize_t n_states, floating* logits,
                          double temperature, Py_ssize_t top_k, double* stats,
                          floating* top_values, int64_t* top_ids,
-                         floating* lanes) noexcept nogil:
+                         floating* lanes, const ef_imatrix* int_lm_head,
+                         const ef_qstates* acts) noexcept nogil:
     cdef Py_ssize_t vocab = lm_head.n_rows
     cdef Py_ssize_t start = chunk_start(vocab, c, n_chunks)
     cdef Py_ssize_t stop = chunk_start(vocab, c + 1, n_chunks)
     cdef Py_ssize_t slot = c * n_states
-    chunk_products(start, stop, lm_head, x, n_states, logits,
-                   lanes + c * lane_buffer_size(n_states))
+    if acts != NULL:
+        int_chunk_products(int_lm_head, start, stop, acts, n_states, logits)
+    else:
+        chunk_products(start, stop, lm_head, x, n_states, logits,
+                       lanes + c * lane_buffer_size(n_states))
     softmax_topk_chunk(start, stop, logits, vocab, n_states, temperature, top_k,
                        stats + slot, stats + n_chunks * n_states + slot,
                        top_values + slot * top_k, top_ids + slot * top_k)
@@ -707,6 +783,13 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
     cdef floating* lanes = <floating*> malloc(
         n_chunks * lane_buffer_size(n_states) * sizeof(floating))
     cdef floating* logits_scratch = NULL
+    # activations="int8": the quantized hidden states and features.
+    cdef ef_qstates acts[2]
+    cdef ef_qstates* qh = NULL
+    cdef ef_qstates* qx = NULL
+    cdef const ef_imatrix* int_lm_head = NULL
+    cdef int q4 = 0
+    memset(acts, 0, sizeof(acts))
     if logits == NULL:
         logits = logits_scratch = <floating*> malloc(n_states * vocab * sizeof(floating))
     try:
@@ -714,22 +797,33 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
                 or lanes == NULL or logits == NULL):
             with gil:
                 raise MemoryError()
+        if head.ints != NULL:
+            int_lm_head = &head.ints.lm_head
+            q4 = head.ints.weight.kind == EF_INT_Q4
+            if (ef_qstates_alloc(&acts[0], n_states, head.weight.n_cols, q4) != 0
+                    or ef_qstates_alloc(&acts[1], n_states, head.weight.n_rows, q4) != 0):
+                with gil:
+                    raise MemoryError()
+            qh = &acts[0]
+            qx = &acts[1]
+            # h once, serially (B x d_model values): pass one needs all of it.
+            quantize_states(hidden, head.weight.n_cols, n_states, qh)
         for i in range(n_slots * top_k):
             top_values[i] = -INFINITY
             top_ids[i] = INT64_MAX
 
         if n_threads == 1:
             # Small problems: no OpenMP region, so a call costs about a microsecond.
-            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes)
+            pass_one_chunk(0, 1, head, hidden, n_states, x, lanes, qh, qx)
             pass_two_chunk(0, 1, lm_head, x, n_states, logits, temperature, top_k, stats,
-                           top_values, top_ids, lanes)
+                           top_values, top_ids, lanes, int_lm_head, qx)
         else:
             with parallel(num_threads=n_threads):
                 for c in prange(n_chunks, schedule='static'):
-                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes)
+                    pass_one_chunk(c, n_chunks, head, hidden, n_states, x, lanes, qh, qx)
                 for c in prange(n_chunks, schedule='static'):
                     pass_two_chunk(c, n_chunks, lm_head, x, n_states, logits, temperature,
-                                   top_k, stats, top_values, top_ids, lanes)
+                                   top_k, stats, top_values, top_ids, lanes, int_lm_head, qx)
 
         for s in range(n_states):
             if not merge_state(n_chunks, n_states, s, top_k, stats, stats + n_slots,
@@ -756,6 +850,8 @@ cdef Py_ssize_t forward_impl(const HeadWeights* head, const floating* hidden,
         free(top_ids)
         free(lanes)
         free(logits_scratch)
+        ef_qstates_free(&acts[0])
+        ef_qstates_free(&acts[1])
 
 
 def read_probe(const float[::1] data, int n_threads):
@@ -794,6 +890,21 @@ cdef StoredMatrix stored_matrix(cnp.ndarray data, object scales, int storage,
     return m
 
 
+cdef ef_imatrix int_matrix(const StoredMatrix* m):
+    """An int8/q8/q4 matrix as _int_dot.h reads it."""
+    cdef ef_imatrix out
+    out.kind = (EF_INT_Q4 if m.storage == STORED_Q4 else
+                EF_INT_Q8 if m.storage == STORED_Q8 else EF_INT_I8)
+    out.data = m.data
+    out.row_bytes = m.row_bytes
+    out.n_rows = m.n_rows
+    out.n_cols = m.n_cols
+    out.n_groups = (m.n_cols + GROUP - 1) // GROUP
+    out.gscales = m.group_scales
+    out.row_scales = m.scales
+    return out
+
+
 cdef Py_ssize_t run_head(const HeadWeights* head, int type_num, const void* hidden,
                          Py_ssize_t n_states, double temperature, Py_ssize_t top_k,
                          int64_t* tokens, void* token_probs, void* logits, void* probs,
@@ -820,16 +931,20 @@ cdef class KernelHead:
     codes per byte, padded to whole groups: ``d_model`` gives the projection's
     column count).  ``residual``
     makes it a Medusa head, x = h + SiLU(W h + b) (d_proj == d_model).
+    ``activations="int8"`` (int8/q8/q4 only) quantizes the states to int8
+    and takes integer dot products (_int_dot.h).
     """
     cdef object _arrays
     cdef HeadWeights head
+    cdef IntWeights ints
     cdef readonly int type_num
     cdef readonly Py_ssize_t d_model, d_proj, vocab
+    cdef readonly str activations
 
     def __init__(self, cnp.ndarray projection_weight, cnp.ndarray projection_bias,
                  cnp.ndarray lm_head_weight, str weight_dtype="native",
                  projection_scales=None, lm_head_scales=None, bint residual=False,
-                 Py_ssize_t d_model=-1):
+                 Py_ssize_t d_model=-1, str activations="float"):
         cdef int storage = STORAGE_CODES[weight_dtype]
         self._arrays = (projection_weight, projection_bias, lm_head_weight,
                         projection_scales, lm_head_scales)
@@ -841,6 +956,16 @@ cdef class KernelHead:
                                           cnp.PyArray_DIMS(projection_bias)[0])
         self.head.bias = cnp.PyArray_DATA(projection_bias)
         self.head.residual = residual
+        self.head.ints = NULL
+        self.activations = activations
+        if activations == "int8":
+            if storage not in (STORED_I8, STORED_Q8, STORED_Q4):
+                raise ValueError("activations='int8' needs int8, q8 or q4 weights")
+            self.ints.weight = int_matrix(&self.head.weight)
+            self.ints.lm_head = int_matrix(&self.head.lm_head)
+            self.head.ints = &self.ints
+        elif activations != "float":
+            raise ValueError(f"activations must be 'float' or 'int8', got {activations!r}")
         self.d_proj = self.head.weight.n_rows
         self.d_model = self.head.weight.n_cols
         self.vocab = self.head.lm_head.n_rows
