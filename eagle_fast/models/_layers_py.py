@@ -45,6 +45,9 @@ class Matrix:
 
     def __init__(self, data: np.ndarray, scales: Optional[np.ndarray], storage: str,
                  compute: np.dtype, n_cols: int = -1) -> None:
+        if (scales is None) != (storage in ("native", "bfloat16", "float16")):
+            raise ValueError(f"{storage} weights take scales" if scales is None
+                             else f"{storage} weights take no scales")
         self.storage = storage
         self.compute = np.dtype(compute)
         self.data = data

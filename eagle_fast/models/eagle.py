@@ -366,6 +366,7 @@ class EagleDrafter:
                              "it cannot be used with dtype=float64")
         self._ops: ModuleType = _backend.active().module("layers")
         self.weight_dtypes: dict[str, str] = {}
+        self._matrices: dict[str, StoredMatrix] = {}
         self.nbytes = 0
         self._build(dict(tensors), embed_tokens, lm_head)
         self._cache = _KVCache(config.num_hidden_layers, config.num_key_value_heads,
@@ -417,6 +418,7 @@ class EagleDrafter:
         except (ValueError, TypeError) as exc:
             raise self._error(str(exc)) from None
         self.weight_dtypes[name] = storage
+        self._matrices[name] = stored
         self.nbytes += stored.nbytes
         return self._ops.Matrix(stored.data, stored.scales,
                                 "native" if storage in ("float32", "float64") else storage,
@@ -577,6 +579,7 @@ class EagleDrafter:
         except (ValueError, TypeError) as exc:
             raise self._error(str(exc)) from None
         self.weight_dtypes[name] = storage
+        self._matrices[name] = stored
         self.nbytes += stored.nbytes
         return stored
 
@@ -695,6 +698,24 @@ class EagleDrafter:
     def input_size(self) -> int:
         """Width of the target features ``draft_tree`` takes (d, or 3 d_target)."""
         return self.config.input_size
+
+    def stored_arrays(self) -> dict[str, np.ndarray]:
+        """Every matrix as stored, by the names of ``weight_dtypes`` (``fc``,
+        ``layers.0.qkv`` -- rows q | k | v --, ``layers.0.o_proj``,
+        ``layers.0.gate_up`` -- rows gate | up --, ``layers.0.down_proj``,
+        ``embed_tokens``, ``lm_head``; EAGLE-3: ``midlayer.*``): ``name`` the
+        data (float arrays; bfloat16 as uint16 bit patterns; int8/q8 codes;
+        q4 uint8, two codes per byte, see ``eagle_fast._storage``) and, for
+        int8, q8 and q4, ``name + "_scale"`` (float32 per row, float16 per
+        group of 32 columns).  Read-only views."""
+        out: dict[str, np.ndarray] = {}
+        for name, stored in self._matrices.items():
+            for key, array in ((name, stored.data), (name + "_scale", stored.scales)):
+                if array is not None:
+                    view = array.view()
+                    view.flags.writeable = False
+                    out[key] = view
+        return out
 
     def reset(self) -> None:
         """Forget the cached prefix: the next call starts a new sequence."""
