@@ -3,7 +3,8 @@
 Usage::
 
     python bench/bench_generate.py [--quick] [--cache DIR] [--prompts N]
-        [--new-tokens N] [--repeats N] [--no-7b-drafter] [--json PATH] [--plot PATH]
+        [--new-tokens N] [--repeats N] [--weight-dtypes LIST] [--no-7b-drafter]
+        [--json PATH] [--plot PATH]
 
 1. ``bench/train_models.py`` trains (once; cached) a small Llama target on the
    standard library's sources, Medusa heads and an EAGLE-1 drafter on its
@@ -19,11 +20,16 @@ Usage::
      ``do_sample=True, top_k=0``);
    * ``Medusa chain`` / ``Medusa tree`` (mc_sim_7b_63 cut to the heads);
    * ``EAGLE chain`` (5 greedy steps) / ``EAGLE-2 tree`` (top_k 8, depth 5,
-     60 tokens).
+     60 tokens), once per drafter storage format of ``--weight-dtypes``
+     (default float32, bfloat16, int8, q8, q4): the same trained EAGLE-1
+     drafter loaded with ``EagleDrafter.load(..., weight_dtype=...)``, every
+     matrix it holds (its copy of the target's LM head too) stored so.
 
-   It reports tau (mean acceptance length), tokens/s and the speed-ups; greedy
+   It reports tau (mean acceptance length), tokens/s and the speed-ups, and a
+   table per format (the figure a user picks a drafter format by); greedy
    runs check that every method's tokens equal plain greedy decoding's and
-   ``model.generate``'s (the script fails if not).
+   ``model.generate``'s (the script fails if not): quantizing the drafter
+   moves tau, never the output.
 3. A projection for a 7B-class target (Llama-2-7B: fp16/bf16 weights,
    ~13.5 GB read per forward), memory-bound: ``t_target = 13.5 GB / read
    bandwidth`` (bench_predict.py's compiled read probe over a 1 GiB buffer,
@@ -70,6 +76,11 @@ TARGET_7B_BYTES = 13.5e9  # Llama-2-7B in fp16/bf16: the weights read per forwar
 EAGLE_TREE = {"top_k": 8, "depth": 5, "total_tokens": 60}
 EAGLE_CHAIN = 5
 VOCAB_7B, D_7B, MEDUSA_HEADS_7B = 32000, 4096, 4
+# Drafter storage formats compared (bytes per weight, scales included).
+WEIGHT_DTYPES = ("float32", "bfloat16", "int8", "q8", "q4")
+BYTES_PER_WEIGHT = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0,
+                    "q8": 34 / 32, "q4": 18 / 32}
+EAGLE_METHODS = ("EAGLE chain", "EAGLE-2 tree")
 PRESET_RUN = {  # prompts, prompt tokens, new tokens, repeats
     "full": (8, 96, 64, 3),
     "quick": (3, 48, 32, 2),
@@ -84,9 +95,15 @@ def medusa_choices(num_heads: int) -> list[tuple[int, ...]]:
     return [c for c in MC_SIM_7B_63 if len(c) <= num_heads]
 
 
-def make_methods(target: Any, model: Any, medusa: Any, eagle: Any, eos: int
+def method_name(base: str, weight_dtype: str) -> str:
+    """``"EAGLE chain [q8]"``: an EAGLE method with its drafter's format."""
+    return f"{base} [{weight_dtype}]"
+
+
+def make_methods(target: Any, model: Any, medusa: Any, eagles: dict[str, Any], eos: int
                  ) -> dict[str, Callable[[np.ndarray, int, float, int], Any]]:
-    """name -> run(prompt, new_tokens, temperature, seed) -> (tokens, stats or None)."""
+    """name -> run(prompt, new_tokens, temperature, seed) -> (tokens, stats or None);
+    ``eagles``: the EAGLE drafter per storage format."""
     import torch
 
     def spec(drafter: Any, tree: Any) -> Callable[..., Any]:
@@ -107,14 +124,16 @@ def make_methods(target: Any, model: Any, medusa: Any, eagle: Any, eos: int
                                  min_new_tokens=0, pad_token_id=eos, **options)
         return out[0, ids.shape[1]:].numpy().astype(np.int64), None
 
-    return {
+    methods = {
         "plain (TransformersTarget)": spec(None, None),
         "model.generate": hf,
         "Medusa chain": spec(medusa, "chain"),
         "Medusa tree": spec(medusa, medusa_choices(medusa.num_heads)),
-        "EAGLE chain": spec(eagle, {"chain": EAGLE_CHAIN}),
-        "EAGLE-2 tree": spec(eagle, dict(EAGLE_TREE)),
     }
+    for weight_dtype, eagle in eagles.items():
+        methods[method_name("EAGLE chain", weight_dtype)] = spec(eagle, {"chain": EAGLE_CHAIN})
+        methods[method_name("EAGLE-2 tree", weight_dtype)] = spec(eagle, dict(EAGLE_TREE))
+    return methods
 
 
 # -- the 7B projection ---------------------------------------------------------------
@@ -133,12 +152,12 @@ def read_bandwidth(threads: int, repeats: int = 5) -> float:
     return buffer.nbytes / statistics.median(times)
 
 
-def eagle_7b_bytes(weight_bytes: int = 2) -> int:
+def eagle_7b_bytes(weight_bytes: float = 2) -> int:
     """Bytes an EAGLE-LLaMA2-7B draft step reads: fc (4096 x 8192), one
     decoder layer (q/k/v/o 4096^2, gate/up/down 4096 x 11008) and the
-    target's LM head (32000 x 4096), in bfloat16."""
+    target's LM head (32000 x 4096), ``weight_bytes`` per weight (bfloat16: 2)."""
     d, inter = D_7B, 11008
-    return weight_bytes * (2 * d * d + 4 * d * d + 3 * d * inter + VOCAB_7B * d)
+    return int(weight_bytes * (2 * d * d + 4 * d * d + 3 * d * inter + VOCAB_7B * d))
 
 
 def medusa_7b_bytes(weight_bytes: int = 2) -> int:
@@ -242,11 +261,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
 
     target = TransformersTarget(model)
     medusa = load_medusa(artifacts.medusa_path)
-    eagle = EagleDrafter.load(artifacts.eagle_dir, lm_head=drafter_weights(model)["lm_head"])
+    lm_head = drafter_weights(model)["lm_head"]
+    eagles = {wd: EagleDrafter.load(artifacts.eagle_dir, lm_head=lm_head, weight_dtype=wd)
+              for wd in args.weight_dtypes}
+    eagle_bytes = {wd: eagle.nbytes for wd, eagle in eagles.items()}
     context = int(artifacts.manifest["config"]["target"]["context"])
     prompt_len = min(prompt_len, context - new_tokens)
     prompts = train_models.heldout_prompts(artifacts, n_prompts, prompt_len)
-    methods = make_methods(target, model, medusa, eagle, eos)
+    methods = make_methods(target, model, medusa, eagles, eos)
     names = list(methods)
     temperatures = (0.0, 1.0)
 
@@ -306,12 +328,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.quick or args.no_7b_drafter):
         measured = measure_eagle_7b(eagle_fast.build_info()["max_threads"], 3)
     for kind in ("tree", "chain"):
-        name = "EAGLE-2 tree" if kind == "tree" else "EAGLE chain"
-        if measured is not None:
-            draft_7b[name] = {"seconds": measured[kind], "how": "measured",
-                              "estimated_seconds": estimated[kind]}
-        else:
-            draft_7b[name] = {"seconds": estimated[kind], "how": "estimated from bytes"}
+        base = "EAGLE-2 tree" if kind == "tree" else "EAGLE chain"
+        for wd in args.weight_dtypes:
+            # bfloat16 is measured (full preset); the other formats scale by their bytes.
+            ratio = BYTES_PER_WEIGHT[wd] / 2
+            if measured is not None and wd == "bfloat16":
+                draft_7b[method_name(base, wd)] = {
+                    "seconds": measured[kind], "how": "measured",
+                    "estimated_seconds": estimated[kind]}
+            else:
+                draft_7b[method_name(base, wd)] = {"seconds": estimated[kind] * ratio,
+                                                   "how": "estimated from bytes"}
     medusa_t = medusa_7b_bytes() / bw
     for name in ("Medusa chain", "Medusa tree"):
         draft_7b[name] = {"seconds": medusa_t, "how": "estimated from bytes"}
@@ -325,8 +352,10 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             tau = s.mean_acceptance_length if s is not None and s.num_verifications else None
             if name == "model.generate":
                 tau = 1.0
+            base, _, fmt = name.partition(" [")
             row: dict[str, Any] = {
                 "temperature": t, "method": name, "tau": tau,
+                "drafter_weight_dtype": fmt.rstrip("]") or None,
                 "tokens_per_second": total_tokens / totals[name],
                 "seconds": totals[name],
                 "speedup_vs_plain": totals["plain (TransformersTarget)"] / totals[name],
@@ -355,11 +384,36 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "build_info": eagle_fast.build_info(),
         "manifest": {k: artifacts.manifest[k] for k in ("target", "medusa", "eagle")},
         "greedy_mismatches": [list(m) for m in mismatches],
+        "weight_dtypes": list(args.weight_dtypes), "eagle_nbytes": eagle_bytes,
+        "formats": format_table(rows, args.weight_dtypes, eagle_bytes),
         "projection": {"target_bytes": TARGET_7B_BYTES, "read_bandwidth_bytes_per_s": bw,
                        "t_target": t_target, "t_verify": verify, "draft": draft_7b,
                        "eagle_7b_bytes": eagle_7b_bytes(), "medusa_7b_bytes": medusa_7b_bytes()},
         "rows": rows,
     }
+
+
+def format_table(rows: list[dict[str, Any]], weight_dtypes: list[str],
+                 nbytes: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per (temperature, drafter format): the EAGLE chain's and tree's
+    tau, tokens/s and speed-up over plain decoding side by side, with the
+    plain baseline's tokens/s."""
+    by = {(r["temperature"], r["method"]): r for r in rows}
+    out = []
+    for t in sorted({r["temperature"] for r in rows}):
+        plain = by[(t, "plain (TransformersTarget)")]
+        for wd in weight_dtypes:
+            entry: dict[str, Any] = {"temperature": t, "weight_dtype": wd,
+                                     "drafter_bytes": nbytes[wd],
+                                     "plain_tokens_per_second": plain["tokens_per_second"]}
+            for base, key in (("EAGLE chain", "chain"), ("EAGLE-2 tree", "tree")):
+                r = by[(t, method_name(base, wd))]
+                entry[f"{key}_tau"] = r["tau"]
+                entry[f"{key}_tokens_per_second"] = r["tokens_per_second"]
+                entry[f"{key}_speedup_vs_plain"] = r["speedup_vs_plain"]
+                entry[f"{key}_greedy_equal"] = r.get("greedy_equal")
+            out.append(entry)
+    return out
 
 
 def _fmt(value: Optional[float], spec: str, suffix: str = "") -> str:
@@ -385,6 +439,17 @@ def print_report(report: dict[str, Any]) -> None:
               f"{r['speedup_vs_model_generate']:.2f}× | {eq} | "
               f"{_fmt(r.get('draft_ms_per_round'), '.2f')} | "
               f"{_fmt(r.get('projected_7b_speedup'), '.2f', '×')} |")
+    print("\nEAGLE drafter per storage format (the same trained drafter; tau and tokens/s "
+          "side by side in this run):")
+    print("\n| T | drafter | bytes | chain τ | chain tok/s | chain vs plain | tree τ | "
+          "tree tok/s | tree vs plain | plain tok/s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for f in report["formats"]:
+        print(f"| {f['temperature']:g} | {f['weight_dtype']} | {f['drafter_bytes'] / 1e6:.2f} MB "
+              f"| {_fmt(f['chain_tau'], '.2f')} | {f['chain_tokens_per_second']:.1f} | "
+              f"{f['chain_speedup_vs_plain']:.2f}× | {_fmt(f['tree_tau'], '.2f')} | "
+              f"{f['tree_tokens_per_second']:.1f} | {f['tree_speedup_vs_plain']:.2f}× | "
+              f"{f['plain_tokens_per_second']:.1f} |")
     p = report["projection"]
     print(f"\n7B projection: read bandwidth {p['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
           f"t_target = 13.5 GB / bandwidth = {p['t_target'] * 1e3:.0f} ms (a tree forward "
@@ -434,6 +499,15 @@ def plot(report: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _weight_dtypes(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in BYTES_PER_WEIGHT]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected distinct names from {', '.join(BYTES_PER_WEIGHT)}, got {text!r}")
+    return names
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -444,6 +518,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("--new-tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--weight-dtypes", type=_weight_dtypes, default=list(WEIGHT_DTYPES),
+                        metavar="LIST",
+                        help="EAGLE drafter storage formats, comma-separated (default "
+                             f"{','.join(WEIGHT_DTYPES)})")
     parser.add_argument("--no-7b-drafter", action="store_true",
                         help="estimate the 7B EAGLE drafter's time from its bytes "
                              "instead of building one (2 GB of random weights)")

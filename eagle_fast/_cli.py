@@ -47,6 +47,8 @@ examples:
   eagle-fast inspect medusa_lm_head.safetensors --json
   eagle-fast info                         how the kernels were built (JSON)
   eagle-fast generate --target DIR --drafter EAGLE_DIR --prompt "def main():"
+  eagle-fast generate --target DIR --drafter EAGLE_DIR --prompt P --weight-dtype q4
+                                          the drafter in 4-bit groups: the same text
 """
 
 # Bytes per weight of each storage type.

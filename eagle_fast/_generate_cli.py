@@ -19,6 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ._checkpoint import MEDUSA_FORMAT, CheckpointError, inspect_checkpoint
+from ._storage import WEIGHT_DTYPES
 
 KINDS = ("medusa", "eagle", "chain")
 # Above this many new tokens a progress bar goes to stderr (when tqdm is installed).
@@ -59,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int: Any,
                              "(default: the heads'); chain: steps (default 5 / the heads)")
     parser.add_argument("--total-tokens", type=positive_int, default=None, metavar="N",
                         help="EAGLE: tree nodes with the root (default 60)")
+    parser.add_argument("--weight-dtype", choices=[d for d in WEIGHT_DTYPES if d != "float64"],
+                        default=None,
+                        help="store the drafter's matrices so: bfloat16, float16, int8 or "
+                             "the 4.5/8.5-bit groups q4/q8 (fewer bytes per draft step; "
+                             "the output stays the target's, only tau moves); default: "
+                             "as the checkpoint holds them")
     parser.add_argument("--seed", type=int, default=None,
                         help="random seed for T > 0 (default: fresh randomness)")
     parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
@@ -71,8 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser, positive_int: Any,
 def check_arguments(args: argparse.Namespace) -> Optional[str]:
     """A usage error message for options that do not fit together, or None."""
     if args.drafter is None:
-        if args.kind is not None or args.top_k or args.depth or args.total_tokens:
-            return "--kind/--top-k/--depth/--total-tokens need --drafter"
+        if (args.kind is not None or args.top_k or args.depth or args.total_tokens
+                or getattr(args, "weight_dtype", None) is not None):
+            return "--kind/--top-k/--depth/--total-tokens/--weight-dtype need --drafter"
     if args.kind == "chain" and (args.top_k is not None or args.total_tokens is not None):
         return "--kind chain takes --depth (its steps) only, not --top-k/--total-tokens"
     if args.kind == "medusa" and args.total_tokens is not None:
@@ -131,23 +139,26 @@ def load_drafter(path: Path, kind: Optional[str], model: Any, args: argparse.Nam
 
     found = detect_kind(path)
     chain = kind == "chain"
+    weight_dtype = getattr(args, "weight_dtype", None)
+    stored = "" if weight_dtype is None else f", {weight_dtype} weights"
     if kind in ("medusa", "eagle") and kind != found:
         raise GenerateError(f"{path} looks like a{'n' if found == 'eagle' else ''} {found} "
                             f"checkpoint, not {kind}")
     if found == "medusa":
         file = path / "medusa_lm_head.safetensors" if path.is_dir() else path
-        heads = load_medusa(file)
+        heads = load_medusa(file, weight_dtype=weight_dtype)
         if chain:
             steps = heads.num_heads if args.depth is None else args.depth
             if steps > heads.num_heads:
                 raise GenerateError(f"--depth {steps}: the checkpoint has {heads.num_heads} "
                                     f"Medusa heads")
-            return heads, {"chain": steps}, f"Medusa chain of {steps} ({heads.num_heads} heads)"
+            return heads, {"chain": steps}, (f"Medusa chain of {steps} ({heads.num_heads} "
+                                             f"heads{stored})")
         choices = _medusa_choices(heads.num_heads, args.top_k, args.depth)
         if not choices:
             raise GenerateError("--top-k/--depth leave an empty Medusa tree")
         return heads, choices, (f"Medusa tree, {len(choices) + 1} nodes "
-                                f"({heads.num_heads} heads)")
+                                f"({heads.num_heads} heads{stored})")
     from .models.eagle import inspect_eagle
 
     info = inspect_eagle(path)
@@ -158,8 +169,10 @@ def load_drafter(path: Path, kind: Optional[str], model: Any, args: argparse.Nam
     # Both take the target's embedding when the checkpoint has none.
     drafter = EagleDrafter.load(
         path, embed_tokens=None if info["has_embed_tokens"] else weights["embed_tokens"],
-        lm_head=weights["lm_head"] if info["kind"] == "eagle" else None)
-    name = "EAGLE-3" if drafter.kind == "eagle3" else "EAGLE"
+        lm_head=weights["lm_head"] if info["kind"] == "eagle" else None,
+        weight_dtype=weight_dtype)
+    name = ("EAGLE-3" if drafter.kind == "eagle3" else "EAGLE") + (
+        f" ({weight_dtype})" if weight_dtype else "")
     if chain:
         steps = 5 if args.depth is None else args.depth
         return drafter, {"chain": steps}, f"{name} chain of {steps}"

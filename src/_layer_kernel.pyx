@@ -3,11 +3,10 @@
 #
 # * Matrix / matmul: y = x W^T for a few rows x (the K frontier nodes of one
 #   tree depth, or the new prefix positions), every weight row read from
-#   memory once for all rows: the dot-product micro-kernels and converting
-#   loads of _dot_kernels.h (float32/float64, bfloat16, float16, int8 with
-#   per-row scales), rows split into one contiguous chunk per thread.  One
-#   state streams 4 rows at a time (8 for int8); several states go 3 rows x 4
-#   states per step over blocks of ROW_BLOCK rows (the draft head's blocking).
+#   memory once for all rows: the draft-head kernel's own blocked driver and
+#   converting loads (chunk_products of _stored_matmul.pxi over _dot_kernels.h:
+#   float32/float64, bfloat16, float16, int8 with per-row scales, q8/q4 with
+#   float16 group scales), rows split into one contiguous chunk per thread.
 # * rms_norm, rope (rotate-half, in place), silu_mul (SwiGLU), log_softmax.
 # * attention: grouped-query attention of n queries over the draft KV cache:
 #   the first n_stable rows always visible, the next E rows where the (n, E)
@@ -34,53 +33,9 @@ def max_threads():
     return _openmp_helpers.omp_get_max_threads()
 
 
-cdef extern from "_dot_kernels.h" nogil:
-    void ef_acc_1x1_f32(const float* row, const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_1x1_f64(const double* row, const double* x, Py_ssize_t n, double* acc)
-    void ef_acc_4x1_f32(const float* r0, const float* r1, const float* r2,
-                        const float* r3, const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_4x1_f64(const double* r0, const double* r1, const double* r2,
-                        const double* r3, const double* x, Py_ssize_t n, double* acc)
-    void ef_acc_3x4_f32(const float* r0, const float* r1, const float* r2,
-                        const float* x0, const float* x1, const float* x2,
-                        const float* x3, Py_ssize_t n, float* acc0, float* acc1,
-                        float* acc2)
-    void ef_acc_3x4_f64(const double* r0, const double* r1, const double* r2,
-                        const double* x0, const double* x1, const double* x2,
-                        const double* x3, Py_ssize_t n, double* acc0, double* acc1,
-                        double* acc2)
-    float ef_finish_f32(const float* acc, const float* row, const float* x,
-                        Py_ssize_t n_vec, Py_ssize_t n)
-    double ef_finish_f64(const double* acc, const double* row, const double* x,
-                         Py_ssize_t n_vec, Py_ssize_t n)
-    void ef_acc_1x1_bf16(const unsigned short* row, const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_1x1_f16(const unsigned short* row, const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_1x1_i8(const signed char* row, const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_4x1_bf16(const unsigned short* r0, const unsigned short* r1,
-                         const unsigned short* r2, const unsigned short* r3,
-                         const float* x, Py_ssize_t n, float* acc)
-    void ef_acc_4x1_f16(const unsigned short* r0, const unsigned short* r1,
-                        const unsigned short* r2, const unsigned short* r3,
-                        const float* x, Py_ssize_t n, float* acc)
-    float ef_finish_bf16(const float* acc, const unsigned short* row, const float* x,
-                         Py_ssize_t n_vec, Py_ssize_t n)
-    float ef_finish_f16(const float* acc, const unsigned short* row, const float* x,
-                        Py_ssize_t n_vec, Py_ssize_t n)
-    float ef_finish_i8(const float* acc, const signed char* row, const float* x,
-                       Py_ssize_t n_vec, Py_ssize_t n)
-    void ef_acc_8x1_i8(const signed char* r0, Py_ssize_t row_step, const float* x,
-                       Py_ssize_t n, float* acc)
-    void ef_acc_3x4_bf16(const unsigned short* r0, const unsigned short* r1,
-                         const unsigned short* r2, const float* x0, const float* x1,
-                         const float* x2, const float* x3, Py_ssize_t n, float* acc0,
-                         float* acc1, float* acc2)
-    void ef_acc_3x4_f16(const unsigned short* r0, const unsigned short* r1,
-                        const unsigned short* r2, const float* x0, const float* x1,
-                        const float* x2, const float* x3, Py_ssize_t n, float* acc0,
-                        float* acc1, float* acc2)
-    void ef_acc_3x4_i8(const signed char* r0, const signed char* r1, const signed char* r2,
-                       const float* x0, const float* x1, const float* x2, const float* x3,
-                       Py_ssize_t n, float* acc0, float* acc1, float* acc2)
+# Stored matrices and their blocked dot products (chunk_products): the same
+# code as the draft-head kernel's.
+include "_stored_matmul.pxi"
 
 
 cdef extern from "_layer_helpers.h" nogil:
@@ -88,195 +43,49 @@ cdef extern from "_layer_helpers.h" nogil:
     void ef_axpy_f64(double* out, const double* v, double w, Py_ssize_t n)
 
 
-cdef enum:
-    LANES = 8
-    COL_BLOCK = 1024
-    ROW_BLOCK = 12
-    STORED_NATIVE = 0
-    STORED_BF16 = 1
-    STORED_F16 = 2
-    STORED_I8 = 3
-
-STORAGE_CODES = {"native": STORED_NATIVE, "bfloat16": STORED_BF16,
-                 "float16": STORED_F16, "int8": STORED_I8}
-
-ctypedef struct Stored:
-    const char* data
-    const float* scales
-    int storage
-    Py_ssize_t n_rows, n_cols, itemsize, row_bytes
-
-
 cdef class Matrix:
     """One weight matrix as stored (see eagle_fast/models/_layers_py.py)."""
-    cdef Stored m
+    cdef StoredMatrix m
     cdef object _keep
     cdef readonly object compute
     cdef readonly Py_ssize_t rows, cols
     cdef readonly str storage
 
-    def __init__(self, data, scales, str storage, compute):
+    def __init__(self, data, scales, str storage, compute, Py_ssize_t n_cols=-1):
         data = np.ascontiguousarray(data)
+        code = STORAGE_CODES[storage]
+        if (scales is None) != (code in (STORED_NATIVE, STORED_BF16, STORED_F16)):
+            raise ValueError(f"{storage} weights take scales" if scales is None
+                             else f"{storage} weights take no scales")
         if scales is not None:
-            scales = np.ascontiguousarray(scales, dtype=np.float32)
+            scales = np.ascontiguousarray(
+                scales, dtype=np.float16 if code in (STORED_Q8, STORED_Q4) else np.float32)
         self._keep = (data, scales)
         self.compute = np.dtype(compute)
         self.storage = storage
-        code = STORAGE_CODES[storage]
         if code != STORED_NATIVE and self.compute != np.float32:
             raise ValueError("low-precision weights compute in float32")
         if code == STORED_NATIVE and data.dtype != self.compute:
             raise ValueError("native weights must be of the compute dtype")
         self.m.data = <const char*> <size_t> data.ctypes.data
-        self.m.scales = <const float*> <size_t> scales.ctypes.data if scales is not None else NULL
+        self.m.scales = NULL
+        self.m.group_scales = NULL
+        self.m.n_groups = 0
         self.m.storage = code
         self.m.n_rows = data.shape[0]
-        self.m.n_cols = data.shape[1]
         self.m.itemsize = data.dtype.itemsize
-        self.m.row_bytes = self.m.n_cols * self.m.itemsize
+        self.m.row_bytes = data.shape[1] * self.m.itemsize
+        self.m.n_cols = n_cols if n_cols >= 0 else data.shape[1]
+        if code in (STORED_Q8, STORED_Q4):
+            self.m.group_scales = <const unsigned short*> <size_t> scales.ctypes.data
+            self.m.n_groups = scales.shape[1]
+        elif scales is not None:
+            self.m.scales = <const float*> <size_t> scales.ctypes.data
         self.rows = self.m.n_rows
         self.cols = self.m.n_cols
 
 
-cdef inline const char* row_at(const Stored* m, Py_ssize_t r) noexcept nogil:
-    return m.data + r * m.row_bytes
-
-
-cdef inline void acc_spread(const Stored* m, Py_ssize_t r, Py_ssize_t stride,
-                            const floating* x, Py_ssize_t n, floating* acc) noexcept nogil:
-    cdef const char* w = row_at(m, r)
-    cdef Py_ssize_t step = stride * m.row_bytes
-    if floating is double:
-        ef_acc_4x1_f64(<const double*> w, <const double*> (w + step),
-                       <const double*> (w + 2 * step), <const double*> (w + 3 * step), x, n, acc)
-    elif m.storage == STORED_NATIVE:
-        ef_acc_4x1_f32(<const float*> w, <const float*> (w + step),
-                       <const float*> (w + 2 * step), <const float*> (w + 3 * step), x, n, acc)
-    elif m.storage == STORED_BF16:
-        ef_acc_4x1_bf16(<const unsigned short*> w, <const unsigned short*> (w + step),
-                        <const unsigned short*> (w + 2 * step),
-                        <const unsigned short*> (w + 3 * step), x, n, acc)
-    elif m.storage == STORED_F16:
-        ef_acc_4x1_f16(<const unsigned short*> w, <const unsigned short*> (w + step),
-                       <const unsigned short*> (w + 2 * step),
-                       <const unsigned short*> (w + 3 * step), x, n, acc)
-    else:
-        ef_acc_8x1_i8(<const signed char*> w, stride * m.n_cols, x, n, acc)
-
-
-cdef inline void acc_one(const Stored* m, Py_ssize_t r, Py_ssize_t col0,
-                         const floating* x, Py_ssize_t n, floating* acc) noexcept nogil:
-    cdef const char* w = row_at(m, r) + col0 * m.itemsize
-    if floating is double:
-        ef_acc_1x1_f64(<const double*> w, x, n, acc)
-    elif m.storage == STORED_NATIVE:
-        ef_acc_1x1_f32(<const float*> w, x, n, acc)
-    elif m.storage == STORED_BF16:
-        ef_acc_1x1_bf16(<const unsigned short*> w, x, n, acc)
-    elif m.storage == STORED_F16:
-        ef_acc_1x1_f16(<const unsigned short*> w, x, n, acc)
-    else:
-        ef_acc_1x1_i8(<const signed char*> w, x, n, acc)
-
-
-cdef inline void acc_3x4(const Stored* m, Py_ssize_t r, Py_ssize_t col0,
-                         const floating* x, Py_ssize_t xs, Py_ssize_t n,
-                         floating* acc, Py_ssize_t accs) noexcept nogil:
-    cdef const char* w = row_at(m, r) + col0 * m.itemsize
-    cdef Py_ssize_t step = m.row_bytes
-    if floating is double:
-        ef_acc_3x4_f64(<const double*> w, <const double*> (w + step),
-                       <const double*> (w + 2 * step), x, x + xs, x + 2 * xs, x + 3 * xs, n,
-                       acc, acc + accs, acc + 2 * accs)
-    elif m.storage == STORED_NATIVE:
-        ef_acc_3x4_f32(<const float*> w, <const float*> (w + step),
-                       <const float*> (w + 2 * step), x, x + xs, x + 2 * xs, x + 3 * xs, n,
-                       acc, acc + accs, acc + 2 * accs)
-    elif m.storage == STORED_BF16:
-        ef_acc_3x4_bf16(<const unsigned short*> w, <const unsigned short*> (w + step),
-                        <const unsigned short*> (w + 2 * step), x, x + xs, x + 2 * xs,
-                        x + 3 * xs, n, acc, acc + accs, acc + 2 * accs)
-    elif m.storage == STORED_F16:
-        ef_acc_3x4_f16(<const unsigned short*> w, <const unsigned short*> (w + step),
-                       <const unsigned short*> (w + 2 * step), x, x + xs, x + 2 * xs,
-                       x + 3 * xs, n, acc, acc + accs, acc + 2 * accs)
-    else:
-        ef_acc_3x4_i8(<const signed char*> w, <const signed char*> (w + step),
-                      <const signed char*> (w + 2 * step), x, x + xs, x + 2 * xs, x + 3 * xs,
-                      n, acc, acc + accs, acc + 2 * accs)
-
-
-cdef inline floating finish(const Stored* m, Py_ssize_t r, const floating* acc,
-                            const floating* x, Py_ssize_t n_vec) noexcept nogil:
-    cdef const char* w = row_at(m, r)
-    if floating is double:
-        return ef_finish_f64(acc, <const double*> w, x, n_vec, m.n_cols)
-    elif m.storage == STORED_NATIVE:
-        return ef_finish_f32(acc, <const float*> w, x, n_vec, m.n_cols)
-    elif m.storage == STORED_BF16:
-        return ef_finish_bf16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
-    elif m.storage == STORED_F16:
-        return ef_finish_f16(acc, <const unsigned short*> w, x, n_vec, m.n_cols)
-    else:
-        return ef_finish_i8(acc, <const signed char*> w, x, n_vec, m.n_cols) * m.scales[r]
-
-
-cdef inline Py_ssize_t lane_buffer_size(Py_ssize_t n_states) noexcept nogil:
-    return max(8, ROW_BLOCK * n_states) * LANES
-
-
-cdef void chunk_products(Py_ssize_t start, Py_ssize_t stop, const Stored* m,
-                         const floating* states, Py_ssize_t n_states,
-                         floating* out, floating* lanes) noexcept nogil:
-    """out[s, r] = states[s] . row(r) for start <= r < stop."""
-    cdef Py_ssize_t n_rows = m.n_rows, n_cols = m.n_cols
-    cdef Py_ssize_t n_vec = n_cols - n_cols % LANES
-    cdef Py_ssize_t r, s, u, row0, col0, width, col_block, n_block_rows, n_grouped_rows
-    cdef Py_ssize_t block, col_step, n_spread, stride
-    cdef Py_ssize_t n_grouped = n_states - n_states % 4
-    cdef const floating* x
-    if n_states == 1:
-        n_spread = 8 if (floating is float and m.storage == STORED_I8) else 4
-        stride = (stop - start) // n_spread
-        for r in range(start, start + stride):
-            memset(lanes, 0, n_spread * LANES * sizeof(floating))
-            acc_spread(m, r, stride, states, n_vec, lanes)
-            for u in range(n_spread):
-                out[r + u * stride] = finish(m, r + u * stride, lanes + u * LANES, states, n_vec)
-        for r in range(start + n_spread * stride, stop):
-            memset(lanes, 0, LANES * sizeof(floating))
-            acc_one(m, r, 0, states, n_vec, lanes)
-            out[r] = finish(m, r, lanes, states, n_vec)
-        return
-    col_block = COL_BLOCK if n_states > 8 else n_vec
-    for block in range((stop - start + ROW_BLOCK - 1) // ROW_BLOCK):
-        row0 = start + block * ROW_BLOCK
-        n_block_rows = min(<Py_ssize_t> ROW_BLOCK, stop - row0)
-        n_grouped_rows = n_block_rows - n_block_rows % 3
-        memset(lanes, 0, n_block_rows * n_states * LANES * sizeof(floating))
-        for col_step in range((n_vec + col_block - 1) // col_block if col_block else 0):
-            col0 = col_step * col_block
-            width = min(col_block, n_vec - col0)
-            for s in range(0, n_grouped, 4):
-                x = states + s * n_cols + col0
-                for r in range(0, n_grouped_rows, 3):
-                    acc_3x4(m, row0 + r, col0, x, n_cols, width,
-                            lanes + (r * n_states + s) * LANES, n_states * LANES)
-                for r in range(n_grouped_rows, n_block_rows):
-                    for u in range(4):
-                        acc_one(m, row0 + r, col0, x + u * n_cols, width,
-                                lanes + (r * n_states + s + u) * LANES)
-            for s in range(n_grouped, n_states):
-                x = states + s * n_cols + col0
-                for r in range(n_block_rows):
-                    acc_one(m, row0 + r, col0, x, width, lanes + (r * n_states + s) * LANES)
-        for r in range(n_block_rows):
-            for s in range(n_states):
-                out[s * n_rows + row0 + r] = finish(
-                    m, row0 + r, lanes + (r * n_states + s) * LANES, states + s * n_cols, n_vec)
-
-
-cdef int matmul_impl(const Stored* m, const floating* x, Py_ssize_t n_states,
+cdef int matmul_impl(const StoredMatrix* m, const floating* x, Py_ssize_t n_states,
                      floating* out, int n_threads) except -1 nogil:
     cdef Py_ssize_t n_chunks = n_threads, c, start, stop
     cdef Py_ssize_t lane_size = lane_buffer_size(n_states)

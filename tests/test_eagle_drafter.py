@@ -673,3 +673,269 @@ def test_eagle3_full_vocabulary_and_torch_inputs():
                                          dtype=np.float64)
     assert again.draft_tree(torch.tensor(hidden)[None], torch.tensor(ids)[None], top_k=3,
                             depth=2, total_tokens=9) == tree
+
+
+# -- group-wise q8 / q4 drafters ---------------------------------------------------------
+#
+# The stored codes are recomputed here from the documented rules (llama.cpp's
+# Q8_0 / Q4_0 rounding, eagle_fast._storage) with plain loops in float64, and
+# decoded back from the documented layout; the drafter (float32 compute) must
+# then match the float64 reference run on those decoded weights.  Every matrix
+# of these small drafters has short groups (16, 24 or 36 columns: d = 16 is not
+# a multiple of 32).
+
+GROUP = 32
+GROUPED_DTYPES = ["q8", "q4"]
+
+
+def q8_encode(w):
+    """Q8_0 of float64 rows: (codes int64, scales float16), plain loops."""
+    rows, cols = w.shape
+    n_groups = -(-cols // GROUP)
+    codes = np.zeros((rows, cols), dtype=np.int64)
+    scales = np.zeros((rows, n_groups), dtype=np.float16)
+    for r in range(rows):
+        for g in range(n_groups):
+            part = w[r, GROUP * g:GROUP * (g + 1)]
+            scale = np.float16(max(abs(float(v)) for v in part) / 127)
+            scales[r, g] = scale
+            if scale != 0:
+                for i, v in enumerate(part):
+                    codes[r, GROUP * g + i] = min(127, max(-127, round(float(v) / float(scale))))
+    return codes, scales
+
+
+def q4_encode(w):
+    """Q4_0 of float64 rows: (codes 0..15 int64 (rows, 32 * groups), scales
+    float16): scale = fp16(m / -8) for m the group's first value of largest
+    magnitude, code = clip(round(w / scale) + 8, 0, 15), padding code 8."""
+    rows, cols = w.shape
+    n_groups = -(-cols // GROUP)
+    codes = np.full((rows, GROUP * n_groups), 8, dtype=np.int64)
+    scales = np.zeros((rows, n_groups), dtype=np.float16)
+    for r in range(rows):
+        for g in range(n_groups):
+            part = [float(v) for v in w[r, GROUP * g:GROUP * (g + 1)]]
+            m = part[0]
+            for v in part:
+                if abs(v) > abs(m):
+                    m = v
+            scale = np.float16(m / -8)
+            scales[r, g] = scale
+            if scale != 0:
+                for i, v in enumerate(part):
+                    codes[r, GROUP * g + i] = min(15, max(0, round(v / float(scale)) + 8))
+    return codes, scales
+
+
+def q4_unpack(data):
+    """Codes of packed q4 rows: byte i of group g holds column 32 g + i in its
+    low nibble and 32 g + 16 + i in its high nibble."""
+    rows, n_bytes = data.shape
+    codes = np.zeros((rows, 2 * n_bytes), dtype=np.int64)
+    for r in range(rows):
+        for b in range(n_bytes):
+            g, i = divmod(b, 16)
+            byte = int(data[r, b])
+            codes[r, GROUP * g + i] = byte & 15
+            codes[r, GROUP * g + 16 + i] = byte >> 4
+    return codes
+
+
+def decode(arrays, name, weight_dtype, cols):
+    """float64 weights of stored matrix ``name`` from its codes and scales."""
+    scales = arrays[name + "_scale"]
+    assert scales.dtype == np.float16 and scales.shape[1] == -(-cols // GROUP)
+    per_column = np.repeat(scales.astype(np.float64), GROUP, axis=1)[:, :cols]
+    if weight_dtype == "q8":
+        q = arrays[name].astype(np.int64)
+    else:
+        q = q4_unpack(arrays[name])[:, :cols] - 8
+    return q * per_column
+
+
+def matrices_of(w, lm, kind):
+    """Stored-matrix name -> the float64 rows it stacks (the drafter's layout)."""
+    prefixes = ["midlayer."] if kind == "eagle3" else sorted(
+        {k[:k.index(".", 7) + 1] for k in w if k.startswith("layers.")})
+    out = {"fc": w["fc.weight"], "embed_tokens": w["embed_tokens.weight"],
+           "lm_head": w["lm_head.weight"] if kind == "eagle3" else lm}
+    for p in prefixes:
+        a, m = p + "self_attn.", p + "mlp."
+        out[p + "qkv"] = np.concatenate([w[a + c + "_proj.weight"] for c in "qkv"])
+        out[p + "o_proj"] = w[a + "o_proj.weight"]
+        out[p + "gate_up"] = np.concatenate([w[m + "gate_proj.weight"], w[m + "up_proj.weight"]])
+        out[p + "down_proj"] = w[m + "down_proj.weight"]
+    return out
+
+
+def unstack(w, decoded, kind):
+    """The published key layout of ``w`` with every matrix replaced by its decoded rows."""
+    out = dict(w)
+    prefixes = ["midlayer."] if kind == "eagle3" else sorted(
+        {k[:k.index(".", 7) + 1] for k in w if k.startswith("layers.")})
+    out["fc.weight"] = decoded["fc"]
+    out["embed_tokens.weight"] = decoded["embed_tokens"]
+    if kind == "eagle3":
+        out["lm_head.weight"] = decoded["lm_head"]
+    for p in prefixes:
+        a, m = p + "self_attn.", p + "mlp."
+        qkv = decoded[p + "qkv"]
+        rows = [HEADS * HD, KV * HD, KV * HD]
+        for c, part in zip("qkv", np.split(qkv, np.cumsum(rows)[:-1])):
+            out[a + c + "_proj.weight"] = part
+        out[a + "o_proj.weight"] = decoded[p + "o_proj"]
+        gate, up = np.split(decoded[p + "gate_up"], 2)
+        out[m + "gate_proj.weight"], out[m + "up_proj.weight"] = gate, up
+        out[m + "down_proj.weight"] = decoded[p + "down_proj"]
+    return out
+
+
+def grouped_case(kind, seed):
+    rng = np.random.default_rng(seed)
+    if kind == "eagle3":
+        return rng, eagle3_weights(rng), eagle3_config(), None, 3 * D_TARGET
+    lm = rng.normal(0, 1.0, (VOCAB, D))
+    return (rng, eagle1_weights(rng, 2, bias=True, qkv_bias=True), eagle1_config(2, True, True),
+            lm, D)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+@pytest.mark.parametrize("weight_dtype", GROUPED_DTYPES)
+def test_grouped_drafter_stores_every_matrix_in_the_documented_layout(kind, weight_dtype):
+    _, w, config, lm, _ = grouped_case(kind, 30)
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype=weight_dtype)
+    assert set(drafter.weight_dtypes.values()) == {weight_dtype}
+    arrays = drafter.stored_arrays()
+    expected = matrices_of(w, lm, kind)
+    assert set(drafter.weight_dtypes) == set(expected)
+    nbytes = 0
+    for name, values in expected.items():
+        # The drafter rounds the given (float64) weights to float32 first.
+        values = values.astype(np.float32).astype(np.float64)
+        rows, cols = values.shape
+        data, scales = arrays[name], arrays[name + "_scale"]
+        assert not data.flags.writeable
+        if weight_dtype == "q8":
+            codes, want_scales = q8_encode(values)
+            assert data.dtype == np.int8 and data.shape == (rows, cols)
+            np.testing.assert_array_equal(data, codes, err_msg=name)
+        else:
+            codes, want_scales = q4_encode(values)
+            assert data.dtype == np.uint8 and data.shape == (rows, 16 * -(-cols // GROUP))
+            np.testing.assert_array_equal(q4_unpack(data), codes, err_msg=name)
+        np.testing.assert_array_equal(scales, want_scales, err_msg=name)
+        nbytes += data.nbytes + scales.nbytes
+    vectors = sum(np.asarray(v).size * 4 for k, v in w.items()
+                  if np.asarray(v).ndim == 1 and k not in ("d2t", "t2d"))
+    assert drafter.nbytes == nbytes + vectors
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle3"])
+@pytest.mark.parametrize("weight_dtype", GROUPED_DTYPES)
+def test_grouped_drafter_is_float32_on_its_decoded_weights(kind, weight_dtype):
+    """Outputs, log-probs and the EAGLE-2 tree of a q8/q4 drafter equal the
+    float64 reference run on the weights decoded from its stored arrays (to
+    float32 rounding).  (How far quantization moves acceptance is measured by
+    bench/bench_generate.py on a trained drafter, not on these random ones.)"""
+    rng, w, config, lm, width = grouped_case(kind, 31)
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype=weight_dtype)
+    arrays = drafter.stored_arrays()
+    expected = matrices_of(w, lm, kind)
+    decoded = {name: decode(arrays, name, weight_dtype, values.shape[1])
+               for name, values in expected.items()}
+    ref = reference_for(unstack(w, decoded, kind), config,
+                        None if lm is None else decoded["lm_head"])
+    hidden, ids = sequence(rng, 8, width)
+    out, lp = drafter.step_logprobs(hidden, ids)
+    assert out.dtype == np.float32 and lp.dtype == np.float32
+    ref_out = ref.outputs(list(hidden), list(ids[1:]))
+    np.testing.assert_allclose(out, ref_out[-1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(lp, ref.logprobs(ref_out[-1]), rtol=1e-4, atol=2e-4)
+    # Decoding the wrong layout (q4's nibbles swapped) is caught by the same check.
+    if weight_dtype == "q4":
+        swapped = dict(arrays)
+        swapped["fc"] = ((arrays["fc"] >> 4) | (arrays["fc"] << 4)).astype(np.uint8)
+        wrong = dict(decoded, fc=decode(swapped, "fc", "q4", expected["fc"].shape[1]))
+        bad = reference_for(unstack(w, wrong, kind), config,
+                            None if lm is None else wrong["lm_head"])
+        assert np.abs(bad.outputs(list(hidden), list(ids[1:]))[-1] - out).max() > 1e-2
+    # The tree: the reference's exhaustive rebuild on the decoded weights.
+    drafter.reset()
+    tree = drafter.draft_tree(hidden, ids, top_k=3, depth=2, total_tokens=9)
+    assert_tree(tree, *ref.tree(hidden, list(ids), 3, 2, 9))
+
+
+@pytest.mark.parametrize("weight_dtype", GROUPED_DTYPES)
+def test_grouped_drafter_frontier_batches_equal_single_rows(weight_dtype):
+    """A tree depth runs its K frontier nodes as one batch; each node's
+    log-probs equal running that node alone (bit for bit on the compiled
+    kernels, which reduce every dot product in one fixed order)."""
+    from eagle_fast import _backend
+
+    rng, w, config, lm, _ = grouped_case("eagle", 32)
+    drafter = EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype=weight_dtype)
+    hidden, ids = sequence(rng, 6, D)
+    drafter.step_logprobs(hidden, ids)
+    prefix = drafter.prefix_length
+    states = rng.normal(0, 1.0, (5, D)).astype(np.float32)
+    tokens = rng.integers(0, VOCAB, 5)
+    positions = np.full(5, prefix, dtype=np.int64)
+    batch = drafter._logprobs(drafter._forward(states, tokens, positions,
+                                               np.eye(5, dtype=bool), 1), 1)
+    for i in range(5):
+        one = drafter._logprobs(drafter._forward(states[i:i + 1], tokens[i:i + 1],
+                                                 positions[i:i + 1], np.ones((1, 1), bool), 1),
+                                1)
+        if _backend.active().name == "compiled":
+            np.testing.assert_array_equal(one[0], batch[i])
+        else:
+            np.testing.assert_allclose(one[0], batch[i], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weight_dtype", GROUPED_DTYPES)
+@pytest.mark.parametrize("file_dtype", ["F32", "BF16"])
+def test_grouped_drafter_from_a_checkpoint_folder(tmp_path, weight_dtype, file_dtype):
+    """Loading a checkpoint with weight_dtype q8/q4 quantizes the file's values:
+    the same stored arrays and log-probs, bit for bit, as from_state_dict on
+    those values."""
+    rng, w, config, lm, _ = grouped_case("eagle", 33)
+    folder = tmp_path / "eagle"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    write_raw(folder / "model.safetensors", file_tensors(w, file_dtype))
+    loaded = EagleDrafter.load(folder, lm_head=lm, weight_dtype=weight_dtype)
+    direct = EagleDrafter.from_state_dict(rounded(w, file_dtype), config, lm_head=lm,
+                                          weight_dtype=weight_dtype)
+    a, b = loaded.stored_arrays(), direct.stored_arrays()
+    assert set(a) == set(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    hidden, ids = sequence(rng, 7, D)
+    np.testing.assert_array_equal(loaded.step_logprobs(hidden, ids)[1],
+                                  direct.step_logprobs(hidden, ids)[1])
+
+
+def test_grouped_drafter_errors():
+    rng, w, config, lm, _ = grouped_case("eagle", 34)
+    for weight_dtype in GROUPED_DTYPES:
+        with pytest.raises(ValueError, match="float32"):
+            EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype=weight_dtype,
+                                         dtype=np.float64)
+    with pytest.raises(ValueError, match="q8, q4"):
+        EagleDrafter.from_state_dict(w, config, lm_head=lm, weight_dtype="q5")
+    # Beyond the float16 scales' range: 127 * 65504 (q8), 8 * 65504 (q4).
+    for weight_dtype, big in (("q8", 1e7), ("q4", 6e5)):
+        huge = dict(w)
+        huge["layers.1.mlp.down_proj.weight"] = w["layers.1.mlp.down_proj.weight"].copy()
+        huge["layers.1.mlp.down_proj.weight"][3, 5] = big
+        with pytest.raises(CheckpointError, match=f"down_proj holds values too large for "
+                                                  f"{weight_dtype}"):
+            EagleDrafter.from_state_dict(huge, config, lm_head=lm, weight_dtype=weight_dtype)
+        # just inside the range it stores
+        huge["layers.1.mlp.down_proj.weight"][3, 5] = big / 2
+        EagleDrafter.from_state_dict(huge, config, lm_head=lm, weight_dtype=weight_dtype)
+    bad_lm = lm.copy()
+    bad_lm[0, 0] = np.nan
+    with pytest.raises(CheckpointError, match="NaN"):
+        EagleDrafter.from_state_dict(w, config, lm_head=bad_lm, weight_dtype="q4")

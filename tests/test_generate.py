@@ -475,3 +475,46 @@ def test_prune_keeps_the_shallow_nodes_in_order():
     assert cut.tokens.tolist() == [7, 3, 4, 5, 6, 8]
     assert cut.parents.tolist() == [-1, 0, 0, 1, 1, 2]
     assert _prune(tree, 0).tokens.tolist() == [7]
+
+
+def eagle_drafter_for(target, weight_dtype, seed=0):
+    """A random EAGLE-1 drafter over ``target``'s hidden size and vocabulary,
+    its matrices stored as ``weight_dtype``."""
+    d, vocab, inter = target.hidden_size, target.vocab_size, 40
+    rng = np.random.default_rng(seed)
+    heads, kv = 4, 2
+    hd = d // heads
+
+    def w(*shape):
+        return rng.normal(0, 0.3, shape)
+    weights = {"fc.weight": w(d, 2 * d), "fc.bias": w(d),
+               "layers.0.self_attn.q_proj.weight": w(heads * hd, d),
+               "layers.0.self_attn.k_proj.weight": w(kv * hd, d),
+               "layers.0.self_attn.v_proj.weight": w(kv * hd, d),
+               "layers.0.self_attn.o_proj.weight": w(d, heads * hd),
+               "layers.0.mlp.gate_proj.weight": w(inter, d),
+               "layers.0.mlp.up_proj.weight": w(inter, d),
+               "layers.0.mlp.down_proj.weight": w(d, inter),
+               "layers.0.post_attention_layernorm.weight": np.ones(d),
+               "embed_tokens.weight": target.embed}
+    config = {"hidden_size": d, "intermediate_size": inter, "num_attention_heads": heads,
+              "num_key_value_heads": kv, "num_hidden_layers": 1, "vocab_size": vocab,
+              "bias": True}
+    return eagle_fast.EagleDrafter.from_state_dict(
+        weights, config, lm_head=rng.normal(0, 1.0, (vocab, d)), weight_dtype=weight_dtype)
+
+
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16", "float16", "int8", "q8",
+                                          "q4"])
+@pytest.mark.parametrize("tree", [None, {"top_k": 3, "depth": 3, "total_tokens": 12},
+                                  {"chain": 4}])
+def test_quantized_eagle_drafters_keep_greedy_output(weight_dtype, tree):
+    """Whatever the drafter's storage (d = 48: full and short q8/q4 groups),
+    greedy speculative generation emits the target's own greedy tokens."""
+    target = TrigramTarget(12, d=48, seed=7)
+    drafter = eagle_drafter_for(target, weight_dtype)
+    assert set(drafter.weight_dtypes.values()) == {weight_dtype}
+    prompt = [1, 4, 1, 5, 9, 2]
+    result = generate(target, drafter, prompt, max_new_tokens=20, tree=tree)
+    assert result.tokens.tolist() == greedy_reference(target, prompt, 20)
+    assert result.stats.num_verifications >= 1

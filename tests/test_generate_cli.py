@@ -111,7 +111,10 @@ def _reference_text(model, tokenizer, new_tokens):
 @pytest.mark.parametrize("drafter, extra", [
     ("medusa", []), ("medusa", ["--kind", "chain"]), ("eagle", []),
     ("eagle", ["--kind", "chain", "--depth", "3"]),
-    ("eagle", ["--top-k", "3", "--depth", "3", "--total-tokens", "10"]), (None, [])])
+    ("eagle", ["--top-k", "3", "--depth", "3", "--total-tokens", "10"]), (None, []),
+    ("eagle", ["--weight-dtype", "q8"]), ("eagle", ["--weight-dtype", "q4"]),
+    ("eagle", ["--weight-dtype", "q4", "--kind", "chain", "--depth", "3"]),
+    ("eagle", ["--weight-dtype", "int8"]), ("medusa", ["--weight-dtype", "q4"])])
 def test_greedy_text_equals_model_generate(folders, capsys, drafter, extra):
     target, medusa, eagle, model, tokenizer = folders
     n = 16
@@ -123,6 +126,8 @@ def test_greedy_text_equals_model_generate(folders, capsys, drafter, extra):
     out, err = capsys.readouterr()
     assert out == _reference_text(model, tokenizer, n) + "\n"
     assert "tau" in err and "tokens/s" in err
+    if "--weight-dtype" in extra:
+        assert extra[extra.index("--weight-dtype") + 1] in err   # said in the summary
 
 
 def test_medusa_file_sampling_and_baseline(folders, capsys):
@@ -148,6 +153,9 @@ def test_medusa_file_sampling_and_baseline(folders, capsys):
     (["--top-k", "4"], "need --drafter"),
     (["--kind", "medusa"], "need --drafter"),
     (["--kind", "bogus"], "invalid choice"),
+    (["--weight-dtype", "q8"], "need --drafter"),
+    (["--weight-dtype", "q5"], "invalid choice"),
+    (["--weight-dtype", "float64"], "invalid choice"),
 ])
 def test_bad_arguments_are_usage_errors(capsys, tmp_path, extra, message):
     with pytest.raises(SystemExit) as info:
@@ -246,8 +254,9 @@ def test_eagle3_drafter_feeds_three_target_layers(folders, capsys, tmp_path):
         "vocab_size": vocab, "draft_vocab_size": draft_vocab, "target_hidden_size": D,
         "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "hidden_act": "silu"}))
     n = 16
-    assert _cli.main(["generate", "--target", str(target), "--drafter", str(eagle3),
-                      "--prompt", PROMPT, "--max-new-tokens", str(n)]) == 0
-    out, err = capsys.readouterr()
-    assert out == _reference_text(model, tokenizer, n) + "\n"
-    assert "EAGLE-3 dynamic tree" in err
+    for extra in ([], ["--weight-dtype", "q4"]):
+        assert _cli.main(["generate", "--target", str(target), "--drafter", str(eagle3),
+                          "--prompt", PROMPT, "--max-new-tokens", str(n), *extra]) == 0
+        out, err = capsys.readouterr()
+        assert out == _reference_text(model, tokenizer, n) + "\n"
+        assert "EAGLE-3" in err and "dynamic tree" in err

@@ -16,9 +16,10 @@ def ops():
     return _backend.active().module("layers")
 
 
-@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16", "float16", "int8"])
+@pytest.mark.parametrize("storage", ["float32", "float64", "bfloat16", "float16", "int8", "q8",
+                                     "q4"])
 @pytest.mark.parametrize("n", [1, 2, 4, 5, 9])
-@pytest.mark.parametrize("rows,cols", [(37, 21), (130, 64), (7, 3)])
+@pytest.mark.parametrize("rows,cols", [(37, 21), (130, 64), (7, 3), (29, 70)])
 def test_matmul(storage, n, rows, cols):
     rng = np.random.default_rng(rows * 100 + cols + n)
     w = rng.normal(0, 1, (rows, cols))
@@ -27,7 +28,8 @@ def test_matmul(storage, n, rows, cols):
     compute = np.float64 if storage == "float64" else np.float32
     x = rng.normal(0, 1, (n, cols)).astype(compute)
     native = storage in ("float32", "float64")
-    m = ops().Matrix(stored.data, stored.scales, "native" if native else storage, compute)
+    m = ops().Matrix(stored.data, stored.scales, "native" if native else storage, compute,
+                     stored.n_cols)
     for threads in (1, 2):
         y = ops().matmul(m, x, threads)
         assert y.shape == (n, rows) and y.dtype == compute
@@ -93,3 +95,66 @@ def test_attention_with_mask(dtype, n_stable, n_extra):
             expected[i, h * hd:(h + 1) * hd] = sum(pi * v[t, g] for pi, t in zip(p, visible))
     tol = 1e-12 if dtype == np.float64 else 1e-5
     np.testing.assert_allclose(out, expected, rtol=tol, atol=tol)
+
+
+def decoded_q(data, scales, storage, cols):
+    """float64 weights of q8/q4 rows from the documented layout (plain loops):
+    q8 codes times their group's float16 scale; q4 byte i of group g holds
+    column 32 g + i (low nibble) and 32 g + 16 + i (high), weight (code - 8) * scale."""
+    rows = data.shape[0]
+    out = np.zeros((rows, cols))
+    for r in range(rows):
+        for j in range(cols):
+            g, i = divmod(j, 32)
+            scale = float(scales[r, g])
+            if storage == "q8":
+                q = int(data[r, j])
+            else:
+                byte = int(data[r, 16 * g + i % 16])
+                q = (byte & 15 if i < 16 else byte >> 4) - 8
+            out[r, j] = q * scale
+    return out
+
+
+@pytest.mark.parametrize("storage", ["q8", "q4"])
+@pytest.mark.parametrize("rows,cols", [(41, 16), (130, 70), (13, 32), (9, 5)])
+def test_grouped_matmul_on_decoded_weights_and_batch_equals_single(storage, rows, cols):
+    """q8/q4 matrices (full and short groups): the float64 product on the
+    weights decoded here; a batch's rows equal the rows run alone (bit for
+    bit on the compiled kernels)."""
+    from eagle_fast import _backend
+
+    rng = np.random.default_rng(rows + cols)
+    stored = StoredMatrix.encode(rng.normal(0, 1, (rows, cols)), storage, "w")
+    exact = decoded_q(stored.data, stored.scales, storage, cols)
+    m = ops().Matrix(stored.data, stored.scales, storage, np.float32, stored.n_cols)
+    assert (m.rows, m.cols) == (rows, cols)
+    x = rng.normal(0, 1, (9, cols)).astype(np.float32)
+    for threads in (1, 2):
+        y = ops().matmul(m, x, threads)
+        assert y.shape == (9, rows) and y.dtype == np.float32
+        np.testing.assert_allclose(y, x.astype(np.float64) @ exact.T, rtol=1e-5,
+                                   atol=1e-5 * np.sqrt(cols))
+        for i in (0, 4, 8):
+            one = ops().matmul(m, np.ascontiguousarray(x[i:i + 1]), threads)[0]
+            if _backend.active().name == "compiled":
+                np.testing.assert_array_equal(one, y[i])
+            else:
+                np.testing.assert_allclose(one, y[i], rtol=1e-5, atol=1e-5 * np.sqrt(cols))
+    # An exactly computable product (integer inputs; small powers of two as
+    # scales) is exact, bit for bit: a wrong code, nibble or scale fails.
+    k = rng.integers(-7, 8, (rows, cols)).astype(np.float64)
+    k[:, ::32] = -8 if storage == "q4" else 127   # each group's extreme: scale 2**e
+    k *= 2.0 ** rng.integers(-2, 2, (rows, 1))
+    exact_stored = StoredMatrix.encode(k, storage, "w")
+    np.testing.assert_array_equal(decoded_q(exact_stored.data, exact_stored.scales, storage,
+                                            cols), k)
+    m = ops().Matrix(exact_stored.data, exact_stored.scales, storage, np.float32, cols)
+    xi = rng.integers(-3, 4, (5, cols)).astype(np.float32)
+    np.testing.assert_array_equal(ops().matmul(m, xi, 1), xi.astype(np.float64) @ k.T)
+
+
+def test_matrix_needs_its_scales():
+    stored = StoredMatrix.encode(np.ones((3, 40)), "q8", "w")
+    with pytest.raises(ValueError, match="scales"):
+        ops().Matrix(stored.data, None, "q8", np.float32)

@@ -4,9 +4,11 @@ The operations of one EAGLE draft step, on C-contiguous arrays of the compute
 dtype (float32 or float64) that the caller (``eagle_fast.models.eagle``) has
 validated:
 
-* ``Matrix(data, scales, storage)`` -- one weight matrix as stored (the
-  compute dtype itself, ``"native"``, or with float32 compute bfloat16 bit
-  patterns, IEEE half, or int8 with per-row float32 scales); ``matmul(m, x)``
+* ``Matrix(data, scales, storage, compute, n_cols=-1)`` -- one weight matrix
+  as stored (the compute dtype itself, ``"native"``, or with float32 compute
+  bfloat16 bit patterns, IEEE half, int8 with per-row float32 scales, or
+  q8/q4 with float16 group scales; ``n_cols``: the column count of q4 data,
+  two codes per byte, its last group padded); ``matmul(m, x)``
   is ``x @ W.T`` for a batch of rows ``x`` (n, cols), on exactly the
   dequantized weights.
 * ``rms_norm(x, weight, eps)`` -- Llama's RMSNorm per row.
@@ -42,18 +44,23 @@ class Matrix:
     """One weight matrix (rows, cols) as stored; see the module docstring."""
 
     def __init__(self, data: np.ndarray, scales: Optional[np.ndarray], storage: str,
-                 compute: np.dtype) -> None:
+                 compute: np.dtype, n_cols: int = -1) -> None:
+        if (scales is None) != (storage in ("native", "bfloat16", "float16")):
+            raise ValueError(f"{storage} weights take scales" if scales is None
+                             else f"{storage} weights take no scales")
         self.storage = storage
         self.compute = np.dtype(compute)
         self.data = data
         self.scales = scales
-        self.rows, self.cols = data.shape
+        self.rows = int(data.shape[0])
+        self.cols = int(n_cols) if n_cols >= 0 else int(data.shape[1])
 
     def dense_block(self, start: int, stop: int) -> np.ndarray:
         if self.storage == "native":
             return self.data[start:stop]
         scales = None if self.scales is None else self.scales[start:stop]
-        return StoredMatrix(self.storage, self.data[start:stop], scales).dequantize()
+        return StoredMatrix(self.storage, self.data[start:stop], scales,
+                            self.cols).dequantize()
 
 
 def matmul(matrix: Matrix, x: np.ndarray, n_threads: int = 1) -> np.ndarray:

@@ -22,7 +22,10 @@ post-attention RMSNorm.  The q/k/v projections are stacked into one matrix,
 gate/up into another, so a step reads every weight once.  Every matrix
 (fc, q/k/v, o, gate/up, down, the embedding and the LM head) is kept by
 the project's storage machinery (``_storage.StoredMatrix``:
-float32/float64, bfloat16, float16 or int8).
+float32/float64, bfloat16, float16, int8, or the group-wise q8 / q4 of
+llama.cpp's Q8_0 / Q4_0), and every matmul runs the draft-head kernel's
+blocked driver on it: results are a float32 computation on the dequantized
+weights.
 
 Calling convention (EAGLE's ``topK_genrate``): ``input_ids`` is the whole
 sequence so far, its last token the tree root; position j of the drafter
@@ -49,7 +52,6 @@ import numpy as np
 from .. import _backend
 from .._checkpoint import CheckpointError
 from .._storage import (
-    GROUPED,
     LOW_PRECISION,
     StoredMatrix,
     decode_bfloat16,
@@ -415,14 +417,12 @@ class EagleDrafter:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
         self._source = source
         self._weight_dtype = None if weight_dtype is None else resolve_weight_dtype(weight_dtype)
-        if self._weight_dtype in GROUPED:
-            raise ValueError(f"weight_dtype={self._weight_dtype!r} is not available for EAGLE "
-                             "drafters yet (draft heads only); use int8, bfloat16 or float16")
         if self.dtype == np.float64 and self._weight_dtype in LOW_PRECISION:
             raise ValueError(f"weight_dtype={self._weight_dtype!r} computes in float32; "
                              "it cannot be used with dtype=float64")
         self._ops: ModuleType = _backend.active().module("layers")
         self.weight_dtypes: dict[str, str] = {}
+        self._matrices: dict[str, StoredMatrix] = {}
         self.nbytes = 0
         self._build(dict(tensors), embed_tokens, lm_head)
         self._cache = _KVCache(config.num_hidden_layers, config.num_key_value_heads,
@@ -470,10 +470,11 @@ class EagleDrafter:
         except (ValueError, TypeError) as exc:
             raise self._error(str(exc)) from None
         self.weight_dtypes[name] = storage
+        self._matrices[name] = stored
         self.nbytes += stored.nbytes
         return self._ops.Matrix(stored.data, stored.scales,
                                 "native" if storage in ("float32", "float64") else storage,
-                                self.dtype)
+                                self.dtype, stored.n_cols)
 
     def _vector(self, key: str, raw: Optional[RawTensor], size: int) -> np.ndarray:
         if raw is None:
@@ -630,6 +631,7 @@ class EagleDrafter:
         except (ValueError, TypeError) as exc:
             raise self._error(str(exc)) from None
         self.weight_dtypes[name] = storage
+        self._matrices[name] = stored
         self.nbytes += stored.nbytes
         return stored
 
@@ -673,8 +675,10 @@ class EagleDrafter:
         ``embed_tokens`` / ``lm_head``: the target's embedding and LM head
         (arrays), or a path to the target's safetensors file(s) from which
         only those tensors are read.  ``weight_dtype`` ("float32",
-        "bfloat16", "float16", "int8") stores every matrix so (None: as given,
-        bfloat16/float16 kept); ``dtype`` is the compute dtype.
+        "bfloat16", "float16", "int8", "q8", "q4"; see
+        :class:`~eagle_fast.DraftHead` for the formats) stores every matrix so
+        (None: as given, bfloat16/float16 kept); ``dtype`` is the compute dtype
+        (low-precision weights compute in float32).
         """
         raw = {str(k): _as_raw(v, str(k)) for k, v in tensors.items()}
         return cls._create(raw, config, embed_tokens, lm_head, weight_dtype, dtype, kind,
@@ -747,6 +751,24 @@ class EagleDrafter:
         """Width of the target features ``draft_tree`` takes (d, or 3 d_target)."""
         return self.config.input_size
 
+    def stored_arrays(self) -> dict[str, np.ndarray]:
+        """Every matrix as stored, by the names of ``weight_dtypes`` (``fc``,
+        ``layers.0.qkv`` -- rows q | k | v --, ``layers.0.o_proj``,
+        ``layers.0.gate_up`` -- rows gate | up --, ``layers.0.down_proj``,
+        ``embed_tokens``, ``lm_head``; EAGLE-3: ``midlayer.*``): ``name`` the
+        data (float arrays; bfloat16 as uint16 bit patterns; int8/q8 codes;
+        q4 uint8, two codes per byte, see ``eagle_fast._storage``) and, for
+        int8, q8 and q4, ``name + "_scale"`` (float32 per row, float16 per
+        group of 32 columns).  Read-only views."""
+        out: dict[str, np.ndarray] = {}
+        for name, stored in self._matrices.items():
+            for key, array in ((name, stored.data), (name + "_scale", stored.scales)):
+                if array is not None:
+                    view = array.view()
+                    view.flags.writeable = False
+                    out[key] = view
+        return out
+
     def reset(self) -> None:
         """Forget the cached prefix: the next call starts a new sequence."""
         self._cache.length = 0
@@ -774,7 +796,7 @@ class EagleDrafter:
     def _embedding(self, tokens: np.ndarray) -> np.ndarray:
         e = self._embed
         scales = None if e.scales is None else e.scales[tokens]
-        rows = StoredMatrix(e.weight_dtype, e.data[tokens], scales).dequantize()
+        rows = StoredMatrix(e.weight_dtype, e.data[tokens], scales, e.n_cols).dequantize()
         return np.ascontiguousarray(rows, dtype=self.dtype)
 
     def _rope_tables(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
