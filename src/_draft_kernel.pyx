@@ -196,35 +196,45 @@ cdef inline void topk_insert(floating* values, int64_t* ids, Py_ssize_t k,
     ids[pos] = i
 
 
+cdef extern from "_verify_kernels.h" nogil:
+    # sum_j exp((row[j] - m) * inv_t) in double, a vectorized exp (relative
+    # error < 2e-16 before rounding) for the non-positive arguments a shifted
+    # softmax has; NaN in, NaN out.
+    double ef_exp_sum_f32(const float* row, Py_ssize_t n, double m, double inv_t)
+    double ef_exp_sum_f64(const double* row, Py_ssize_t n, double m, double inv_t)
+
+
 cdef void softmax_topk_chunk(Py_ssize_t start, Py_ssize_t stop, floating* logits,
                              Py_ssize_t vocab, Py_ssize_t n_states, double temperature,
                              Py_ssize_t top_k, double* chunk_max, double* chunk_sum,
                              floating* top_values, int64_t* top_ids) noexcept nogil:
-    """Scale the chunk's logits by 1/T in place, then fold them, in row order,
-    into this chunk's softmax statistics and top-k list of every state."""
+    """Scale the chunk's logits by 1/T in place, fold them, in row order, into
+    this chunk's top-k list of every state, then take the chunk's softmax
+    statistics: its largest logit m (the top-k list's first; NaN never ranks)
+    and sum(exp(l - m)) in one vectorized pass (a libm exp per logit was a
+    sixth of a B = 64 call).  A NaN logit makes the sum NaN, +inf makes it
+    inf - inf = NaN, so non-finite logits still fail the merge."""
     cdef Py_ssize_t s, r
     cdef floating value
-    cdef double m, total
+    cdef double m
     cdef floating* row_logits
+    cdef floating* best
     for s in range(n_states):
         row_logits = logits + s * vocab
-        m = -INFINITY
-        total = 0.0
+        best = top_values + s * top_k
         for r in range(start, stop):
             value = row_logits[r]
             if temperature > 0:
                 # Divide in double: a tiny T must not underflow to 0 in float32.
                 value = <floating> (value / temperature)
                 row_logits[r] = value
-            # Online softmax: sum(exp(l - max)) stays exact under a moving max.
-            if value > m:
-                total = total * exp(m - value) + 1.0
-                m = value
-            else:
-                total += exp(value - m)
-            topk_insert(top_values + s * top_k, top_ids + s * top_k, top_k, value, r)
+            topk_insert(best, top_ids + s * top_k, top_k, value, r)
+        m = best[0] if top_ids[s * top_k] != INT64_MAX else -INFINITY
         chunk_max[s] = m
-        chunk_sum[s] = total
+        if floating is float:
+            chunk_sum[s] = ef_exp_sum_f32(row_logits + start, stop - start, m, 1.0)
+        else:
+            chunk_sum[s] = ef_exp_sum_f64(row_logits + start, stop - start, m, 1.0)
 
 
 cdef bint merge_state(Py_ssize_t n_chunks, Py_ssize_t n_states, Py_ssize_t state,
