@@ -187,8 +187,13 @@ def measure_eagle_7b(threads: int, repeats: int) -> dict[str, float]:
         drafter.draft_chain(feature, ids, EAGLE_CHAIN)
         drafter.truncate(prefix)
 
+    return median_seconds({"tree": tree, "chain": chain}, repeats)
+
+
+def median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each run over ``repeats`` calls, after one warm-up call."""
     out = {}
-    for name, run in (("tree", tree), ("chain", chain)):
+    for name, run in runs.items():
         run()
         times = []
         for _ in range(repeats):
@@ -210,16 +215,7 @@ def measure_verify_7b(repeats: int = 7) -> dict[str, float]:
     sampler = np.random.default_rng(1)
     runs = {"greedy": lambda: verify_greedy(tree, logits),
             "sampling": lambda: verify_sampling(tree, logits, temperature=1.0, rng=sampler)}
-    out = {}
-    for name, run in runs.items():
-        run()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        out[name] = statistics.median(times)
-    return out
+    return median_seconds(runs, repeats)
 
 
 # -- main ----------------------------------------------------------------------------
