@@ -32,7 +32,7 @@ def max_threads() -> int:
 
 def fma_f32(a: float, b: float, c: float) -> float:
     """fl32(a * b + c), one rounding, as the integer dot products accumulate
-    (a: an integer of at most 17 bits); for the tests."""
+    (a: an integer of at most 20 bits); for the tests."""
     with np.errstate(all="ignore"):
         return float(fma32(np.array([a], np.float32), np.array([b], np.float32),
                            np.array([c], np.float32))[0])

@@ -148,10 +148,10 @@ class DraftHead:
         features x for L) is quantized once per call to int8 in groups of 32
         columns (Q8_0: ``d = fl32(max|v| / 127)``, ``q = rint(clip(fl32(v /
         d), -127, 127))``, nearest with ties to even; ``q = 0`` where ``d =
-        0``), the integer sums ``w . q`` are exact (int32, per lane of 4
-        columns of each group), and only their scaling by ``fl32(dw * d)``
-        and the float32 sums (fused multiply-adds) are rounded, in a fixed
-        order: every backend and SIMD level gives the same bits, and a batch
+        0``), the integer sum ``w . q`` of each 32-column group is exact
+        (int32), and only its scaling by ``fl32(dw * d)`` and the float32
+        sum over the groups (one fused multiply-add each, in column order)
+        are rounded: every backend and SIMD level gives the same bits, and a batch
         equals its states one by one.  Faster on AVX2 at a small cost in accuracy
         (``eagle_fast.compare``); a runtime choice, not stored in
         checkpoints.  Other weight dtypes only take ``"float"``.  Full

@@ -7,12 +7,11 @@ States are quantized in groups of 32 columns (Q8_0): ``d = fl32(max|v| / 127)``,
 ``q = rint(clip(fl32(v / d), -127, 127))`` (ties to even), ``q = 0`` where
 ``d == 0``, ``d = NaN`` for a group holding NaN or inf.  A weight group g of a
 row has integer codes w (q8/int8: as stored; q4: code - 8) and a float32
-scale dw_g (q8/q4: the float16 group scale; int8: the row scale).  Lane l of
-a group is its columns 4l .. 4l + 3; per lane the exact integer sum
-``isum = sum w * q``, then ``acc_l = fl32(acc_l + isum * fl32(dw_g * d_g))``
-group after group, one rounding (a fused multiply-add, emulated here exactly
-in float64 with rounding to odd), and the 8 lanes are reduced as the float
-kernels reduce theirs.
+scale dw_g (q8/q4: the float16 group scale; int8: the row scale).  Per group
+the exact integer sum ``isum_g = sum w * q`` over its 32 columns, then
+``acc = fl32(acc + isum_g * fl32(dw_g * d_g))`` group after group, one
+rounding (a fused multiply-add, emulated here exactly in float64 with
+rounding to odd); the dot product is ``acc``.
 """
 
 from __future__ import annotations
@@ -23,14 +22,13 @@ import numpy as np
 
 from ._storage import GROUP_SIZE, StoredMatrix, n_groups, unpack_q4
 
-LANES = 8
 # Rows per block of the integer products (bounds the (B, rows, groups, 8) temporaries).
 _ROW_ELEMENTS = 1 << 20
 
 
 def fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """fl32(a * b + c) with one rounding, for float32 ``a`` holding integers
-    of at most 17 bits and float32 ``b``, ``c``: a * b is exact in float64,
+    of at most 20 bits and float32 ``b``, ``c``: a * b is exact in float64,
     the sum is rounded to float64 *to odd* (TwoSum gives its error; an inexact
     result with an even last bit steps one ulp towards the exact sum), and
     that rounds correctly to float32 (53 >= 2 * 24 + 2 bits)."""
@@ -66,7 +64,7 @@ def quantize_states(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IntMatrix:
-    """An int8/q8/q4 matrix as integer codes (rows, groups, 8, 4) (int8; q4:
+    """An int8/q8/q4 matrix as integer codes (rows, groups, 32) (int8; q4:
     code - 8) and float32 scales (rows, groups)."""
 
     def __init__(self, stored: StoredMatrix) -> None:
@@ -82,27 +80,27 @@ class IntMatrix:
             scales = np.repeat(stored.scales.astype(np.float32)[:, None], groups, axis=1)
         else:
             scales = stored.scales.astype(np.float32)
-        self.codes = codes.reshape(rows, groups, LANES, GROUP_SIZE // LANES)
+        self.codes = codes.reshape(rows, groups, GROUP_SIZE)
         self.scales = scales
         self.n_rows, self.n_cols = rows, cols
 
     def products(self, q: np.ndarray, d: np.ndarray) -> np.ndarray:
         """(B, rows) float32 dot products with quantized states (q, d)."""
         count, groups = d.shape
-        xq = q.astype(np.int32).reshape(count, groups, LANES, GROUP_SIZE // LANES)
+        xq = q.astype(np.int32).reshape(count, groups, GROUP_SIZE)
         out = np.empty((count, self.n_rows), dtype=np.float32)
-        step = max(1, _ROW_ELEMENTS // max(1, count * groups * LANES))
+        step = max(1, _ROW_ELEMENTS // max(1, count * groups))
         with np.errstate(all="ignore"):
             for start in range(0, self.n_rows, step):
                 rows = slice(start, start + step)
-                isum = np.einsum("rglk,bglk->brgl", self.codes[rows].astype(np.int32), xq)
+                # Exact: |isum| <= 32 * 127 * 127 < 2**19.
+                isum = np.einsum("rgk,bgk->brg", self.codes[rows].astype(np.int32), xq)
                 scale = self.scales[None, rows, :] * d[:, None, :]   # (B, rows, groups)
                 isum32 = isum.astype(np.float32)
-                acc = np.zeros(isum.shape[:2] + (LANES,), dtype=np.float32)
+                acc = np.zeros(isum.shape[:2], dtype=np.float32)
                 for g in range(groups):
-                    acc = fma32(isum32[:, :, g, :], scale[:, :, g, None], acc)
-                out[:, rows] = (((acc[..., 0] + acc[..., 4]) + (acc[..., 2] + acc[..., 6]))
-                                + ((acc[..., 1] + acc[..., 5]) + (acc[..., 3] + acc[..., 7])))
+                    acc = fma32(isum32[:, :, g], scale[:, :, g], acc)
+                out[:, rows] = acc
         return out
 
 

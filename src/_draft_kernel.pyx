@@ -119,7 +119,7 @@ cdef extern from "_int_dot.h" nogil:
 
 def fma_f32(float a, float b, float c):
     """fl32(a * b + c), one rounding, as the integer dot products accumulate
-    (a: an integer of at most 17 bits); for the tests."""
+    (a: an integer of at most 20 bits); for the tests."""
     return ef_fma_f32(a, b, c)
 
 

@@ -13,26 +13,38 @@
  * Dot products.  Weight group g of a row has integer codes w (q8 and int8:
  * the stored int8; q4: code - 8) and a float32 scale dw_g (q8/q4: the float16
  * group scale, exact in float32; int8: the row's float32 scale, for every
- * group).  Lane l < 8 of a group is its columns 4l .. 4l + 3, and
- *     isum(g, l) = sum_k w[32g + 4l + k] * q[32g + 4l + k]      (exact, int32)
- *     s_g        = fl32(dw_g * d_g)
- *     acc_l      = fl32(acc_l + isum(g, l) * s_g)   for g = 0, 1, ... (acc_l = 0 first)
- *     dot        = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))
- * -- acc_l is updated by a fused multiply-add (one rounding; the product is
- * exact), every other operation is a correctly rounded float32 one.  The
- * AVX2 kernels below (vpmaddubsw / vpmaddwd for the integer sums -- q8/int8
- * as |w| * sign(q, w), q4 with one state as code * q - 8 * sum(q) -- and
- * vfmadd) and the plain C ones (fmaf where the target has FMA, else an exact
- * emulation in double, ef_fma_f32) give the same bits, and so does the NumPy
- * fallback (eagle_fast/_int_dot_py.py).  Each (row, state) is summed in that
- * order whatever the blocking, so a batch gives its states' single results
- * bit for bit.
+ * group).  Per group the exact integer sum, then one fused multiply-add:
+ *     isum_g = sum_j w[32g + j] * q[32g + j]      (j < 32; exact, |isum| < 2^19)
+ *     s_g    = fl32(dw_g * d_g)
+ *     acc    = fl32(acc + isum_g * s_g)   for g = 0, 1, ... (acc = 0 first)
+ * and the dot product is acc -- one rounding per group (the product is
+ * exact), as llama.cpp sums a block before scaling it.  The AVX2 kernels
+ * below (vpmaddubsw / vpmaddwd for the integer sums -- q8/int8 as
+ * |q| * sign(w, q), q4 as code * q - 8 * sum(q) -- and vfmadd) and the plain C
+ * one (fmaf where the target has FMA, else an exact emulation in double,
+ * ef_fma_f32) give the same bits, and so does the NumPy fallback
+ * (eagle_fast/_int_dot_py.py).  Each (row, state) is summed in that order
+ * whatever the kernel or blocking, so a batch gives its states' single
+ * results bit for bit.
+ *
+ * Kernels (AVX2).  Fewer than EF_IBLOCK = 8 states: 8 rows at a time, one
+ * state, each row's 32-column group summed in a vector and the 8 rows' sums
+ * transposed into one vector (lane = row) before its scale.  EF_IBLOCK or
+ * more: the states are also stored interleaved, 8 to a block -- 4 columns of
+ * each of a block's 8 states in one vector, lane = state -- and each weight
+ * row's 4 codes are broadcast against it, so one multiply serves 8 states and
+ * the integer sums need no reduction (q4 sums 8 such products in int16, which
+ * 8 * 2 * 15 * 127 < 2^15 allows).
  *
  * API:
  *   ef_qstates            quantized states: q (n_states, n_pad), d (n_states,
- *                         d_stride), xs8 (n_states, n_groups, 8) (8 * lane
- *                         sums of q, q4 only) -- n_pad = 32 * n_groups, d_stride
- *                         = n_groups rounded up to 8 (padded with 0)
+ *                         d_stride), xs (n_states, n_groups) (8 * group sums
+ *                         of q, q4 only), and for n_states >= EF_IBLOCK (AVX2
+ *                         builds) the interleaved copy qi (n_blocks, n_groups,
+ *                         8 column quads, 8 states, 4), di / xsi (n_blocks,
+ *                         n_groups, 8) -- n_pad = 32 * n_groups, d_stride =
+ *                         n_groups rounded up to 8 (padded with 0), padding
+ *                         states zero
  *   ef_qstates_alloc / _free
  *   ef_quantize_states(v, n, a, s0, s1)   states s0 .. s1 of v (n_states, n)
  *   ef_quantize_groups(v, n, a, n_states, g0, g1)   groups g0 .. g1 of every state
@@ -51,14 +63,24 @@
 #include "_dot_kernels.h"
 
 #define EF_IGROUP 32
+#define EF_IBLOCK 8   /* states per interleaved block */
+
+#if defined(__AVX2__) && defined(__F16C__)
+#define EF_INT_INTERLEAVED 1
+#else
+#define EF_INT_INTERLEAVED 0
+#endif
 
 enum { EF_INT_I8 = 0, EF_INT_Q8 = 1, EF_INT_Q4 = 2 };
 
 typedef struct {
     signed char* q;
     float* d;
-    int* xs8;
-    ptrdiff_t n_groups, n_pad, d_stride;
+    int* xs;
+    signed char* qi;
+    float* di;
+    int* xsi;
+    ptrdiff_t n_groups, n_pad, d_stride, n_blocks;
 } ef_qstates;
 
 typedef struct {
@@ -70,8 +92,8 @@ typedef struct {
 } ef_imatrix;
 
 /* fl32(a * b + c) rounded once (a fused multiply-add), for a = an integer
- * of at most 17 bits, b and c float32.  Where the target has no FMA: a * b is
- * exact in double (41 bits), the sum is rounded to double *to odd* (TwoSum
+ * of at most 20 bits, b and c float32.  Where the target has no FMA: a * b is
+ * exact in double (44 bits), the sum is rounded to double *to odd* (TwoSum
  * gives the error; an inexact even result steps one ulp towards the exact
  * sum), and that double rounds correctly to float32 (53 >= 2 * 24 + 2 bits:
  * no double-rounding error). */
@@ -98,30 +120,41 @@ static inline float ef_fma_f32(float a, float b, float c)
 
 static inline ptrdiff_t ef_igroups(ptrdiff_t n) { return (n + EF_IGROUP - 1) / EF_IGROUP; }
 
+static inline void ef_qstates_free(ef_qstates* a)
+{
+    free(a->q); free(a->d); free(a->xs);
+    free(a->qi); free(a->di); free(a->xsi);
+    memset(a, 0, sizeof(*a));
+}
+
 /* 0 on success, -1 when out of memory (a is then freed). */
 static inline int ef_qstates_alloc(ef_qstates* a, ptrdiff_t n_states, ptrdiff_t n,
                                    int with_sums)
 {
+    memset(a, 0, sizeof(*a));
     a->n_groups = ef_igroups(n);
     a->n_pad = a->n_groups * EF_IGROUP;
     a->d_stride = (a->n_groups + 7) / 8 * 8;
+    a->n_blocks = EF_INT_INTERLEAVED && n_states >= EF_IBLOCK
+        ? (n_states + EF_IBLOCK - 1) / EF_IBLOCK : 0;
     /* 32 bytes of slack: the vector loads may read a whole group. */
     a->q = (signed char*) malloc((size_t) (n_states * a->n_pad) + 32);
     a->d = (float*) calloc((size_t) (n_states * a->d_stride), sizeof(float));
-    a->xs8 = with_sums ? (int*) malloc((size_t) (n_states * a->n_groups * 8) * sizeof(int))
-                       : NULL;
-    if (a->q == NULL || a->d == NULL || (with_sums && a->xs8 == NULL)) {
-        free(a->q); free(a->d); free(a->xs8);
-        a->q = NULL; a->d = NULL; a->xs8 = NULL;
+    if (with_sums)
+        a->xs = (int*) malloc((size_t) (n_states * a->n_groups) * sizeof(int));
+    if (a->n_blocks > 0) {
+        const size_t cells = (size_t) (a->n_blocks * a->n_groups * EF_IBLOCK);
+        a->qi = (signed char*) calloc(cells * EF_IGROUP, 1);
+        a->di = (float*) calloc(cells, sizeof(float));
+        if (with_sums) a->xsi = (int*) calloc(cells, sizeof(int));
+    }
+    if (a->q == NULL || a->d == NULL || (with_sums && a->xs == NULL)
+            || (a->n_blocks > 0 && (a->qi == NULL || a->di == NULL
+                                    || (with_sums && a->xsi == NULL)))) {
+        ef_qstates_free(a);
         return -1;
     }
     return 0;
-}
-
-static inline void ef_qstates_free(ef_qstates* a)
-{
-    free(a->q); free(a->d); free(a->xs8);
-    a->q = NULL; a->d = NULL; a->xs8 = NULL;
 }
 
 /* One group of m <= 32 values (the rest of q zeroed). */
@@ -151,20 +184,26 @@ static inline float ef_quantize_group(const float* v, ptrdiff_t m, signed char* 
 static inline void ef_quantize_part(const float* v, ptrdiff_t n, ef_qstates* a,
                                     ptrdiff_t s0, ptrdiff_t s1, ptrdiff_t g0, ptrdiff_t g1)
 {
+    const ptrdiff_t G = a->n_groups;
     for (ptrdiff_t s = s0; s < s1; s++) {
         const float* row = v + s * n;
         signed char* q = a->q + s * a->n_pad;
         float* d = a->d + s * a->d_stride;
         for (ptrdiff_t g = g0; g < g1; g++) {
-            ptrdiff_t j0 = g * EF_IGROUP;
-            ptrdiff_t m = n - j0 < EF_IGROUP ? n - j0 : EF_IGROUP;
+            const ptrdiff_t j0 = g * EF_IGROUP;
+            const ptrdiff_t m = n - j0 < EF_IGROUP ? n - j0 : EF_IGROUP;
+            int sum = 0;
             d[g] = ef_quantize_group(row + j0, m, q + j0);
-            if (a->xs8 != NULL) {
-                int* xs = a->xs8 + (s * a->n_groups + g) * 8;
-                for (int l = 0; l < 8; l++) {
-                    const signed char* p = q + j0 + 4 * l;
-                    xs[l] = 8 * ((int) p[0] + p[1] + p[2] + p[3]);
-                }
+            for (int j = 0; j < EF_IGROUP; j++) sum += q[j0 + j];
+            if (a->xs != NULL) a->xs[s * G + g] = 8 * sum;
+            if (a->n_blocks > 0) {
+                /* The interleaved copy: cell (block, g), lane s % 8. */
+                const ptrdiff_t cell = (s / EF_IBLOCK * G + g) * EF_IBLOCK;
+                const int lane = (int) (s % EF_IBLOCK);
+                for (int k = 0; k < EF_IGROUP / 4; k++)
+                    memcpy(a->qi + (cell + k) * EF_IGROUP + 4 * lane, q + j0 + 4 * k, 4);
+                a->di[cell + lane] = d[g];
+                if (a->xsi != NULL) a->xsi[cell + lane] = 8 * sum;
             }
         }
     }
@@ -207,30 +246,28 @@ static inline float ef_int_dot_plain(const ef_imatrix* m, ptrdiff_t r, const ef_
     const char* row = m->data + r * m->row_bytes;
     const signed char* q = a->q + s * a->n_pad;
     const float* d = a->d + s * a->d_stride;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float acc = 0.0f;
     for (ptrdiff_t g = 0; g < m->n_groups; g++) {
-        float sg = ef_iweight_scale(m, r, g) * d[g];
-        for (int l = 0; l < 8; l++) {
-            int isum = 0;
-            for (int k = 0; k < 4; k++) {
-                ptrdiff_t j = g * EF_IGROUP + 4 * l + k;
-                if (j < m->n_cols)
-                    isum += ef_icode(m, row, j) * q[j];
-            }
-            acc[l] = ef_fma_f32((float) isum, sg, acc[l]);
-        }
+        const float sg = ef_iweight_scale(m, r, g) * d[g];
+        const ptrdiff_t j1 = (g + 1) * EF_IGROUP < m->n_cols ? (g + 1) * EF_IGROUP : m->n_cols;
+        int isum = 0;
+        for (ptrdiff_t j = g * EF_IGROUP; j < j1; j++)
+            isum += ef_icode(m, row, j) * q[j];
+        acc = ef_fma_f32((float) isum, sg, acc);
     }
-    return EF_REDUCE_LANES(acc);
+    return acc;
 }
 
 #if defined(__AVX2__) && defined(__F16C__)
 
 #define EF_IALWAYS static inline __attribute__((always_inline))
 #define EF_IUNROLL _Pragma("GCC unroll 8")
+/* Keeps a running sum in its register: without it GCC reassociates the
+ * integer additions into a tree and spills every product. */
+#define EF_IKEEP(v) __asm__("" : "+x"(v))
 
-/* R rows x S states from (r0, s0), all groups; the sums stay in registers.
- * kind, R and S are constants at every call, so the loops unroll and the
- * accumulators are registers. */
+/* The codes of group g of a row: q4 as unsigned 0..15 (column order), q8 /
+ * int8 as stored (a short last group zero padded: no read past the row). */
 EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int tail,
                                   ptrdiff_t n_tail, int prefetch)
 {
@@ -243,7 +280,7 @@ EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int ta
     }
     const signed char* p = (const signed char*) row + g * EF_IGROUP;
     if (prefetch) __builtin_prefetch(p + 2048);
-    if (tail) {   /* a short last group: do not read past the row */
+    if (tail) {
         signed char tmp[EF_IGROUP];
         memset(tmp, 0, sizeof(tmp));
         memcpy(tmp, p, (size_t) n_tail);
@@ -252,161 +289,258 @@ EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int ta
     return _mm256_loadu_si256((const __m256i*) p);
 }
 
-/* acc = fma(isum, scale, acc) for one (row, state) group: w the row's
- * codes, aw = |w|, x the state's; or (unsigned_codes: q4, one state) w the
- * codes 0..15 (aw unused) and xs the state's 8 * lane sums. */
-EF_IALWAYS __m256 ef_igroup_avx2(int unsigned_codes, __m256i w, __m256i aw, __m256i x, __m256i xs,
-                                 const float* scale, __m256 acc)
+/* lane r = the sum of p[r]'s 8 int32 lanes (exact). */
+EF_IALWAYS __m256i ef_isum8_avx2(const __m256i* p)
 {
-    __m256i p16 = unsigned_codes ? _mm256_maddubs_epi16(w, x)
-                                 : _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, w));
-    __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
-    if (unsigned_codes) p32 = _mm256_sub_epi32(p32, xs);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p32), _mm256_broadcast_ss(scale), acc);
+    __m256i t[4], u[2];
+    EF_IUNROLL for (int i = 0; i < 4; i++)
+        t[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * i], p[2 * i + 1]),
+                                _mm256_unpackhi_epi32(p[2 * i], p[2 * i + 1]));
+    EF_IUNROLL for (int i = 0; i < 2; i++)
+        u[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
+                            _mm256_permute2x128_si256(u[0], u[1], 0x31));
 }
 
-/* Groups gb .. gb + ng of an R x S block (ng constant on the hot path, so
- * the loop unrolls and each row prefetches once per cache line). */
-EF_IALWAYS void ef_igroups_avx2(int kind, int R, int S, ptrdiff_t ng, ptrdiff_t gb,
-                                const char* const* rows, const signed char* const* xq,
-                                const int* const* xsum, float (*sc)[4][8],
-                                ptrdiff_t g_tail, ptrdiff_t n_tail, __m256 (*acc)[4])
+/* out[k] = (v[0][k], ..., v[7][k]): an 8 x 8 float transpose. */
+EF_IALWAYS void ef_transpose8_avx2(const __m256* v, __m256* out)
 {
-    EF_IUNROLL
-    for (ptrdiff_t k = 0; k < ng; k++) {
-        const ptrdiff_t g = gb + k;
-        const int tail = g == g_tail;
-        /* One prefetch per row and 64 bytes (4 q4 groups, 2 q8 groups). */
-        const int prefetch = k % (kind == EF_INT_Q4 ? 4 : 2) == 0;
-        if (S == 1) {
-            /* One state: each row's codes used at once (8 rows in flight);
-             * q4 as unsigned codes, code . x - 8 * sum(x). */
-            const __m256i x = _mm256_loadu_si256((const __m256i*) (xq[0] + g * EF_IGROUP));
-            const __m256i xs = kind == EF_INT_Q4
-                ? _mm256_loadu_si256((const __m256i*) (xsum[0] + g * 8))
-                : _mm256_setzero_si256();
-            EF_IUNROLL for (int r = 0; r < R; r++) {
-                __m256i w = ef_icodes_avx2(kind, rows[r], g, tail, n_tail, prefetch);
-                __m256i aw = kind == EF_INT_Q4 ? w : _mm256_abs_epi8(w);
-                acc[r][0] = ef_igroup_avx2(kind == EF_INT_Q4, w, aw, x, xs, &sc[r][0][k],
-                                           acc[r][0]);
-            }
-        } else {
-            /* Several states: each row's codes unpacked once for all of them
-             * (q4 as signed code - 8, like q8: no lane sums to load). */
-            __m256i w[8], aw[8];
-            EF_IUNROLL for (int r = 0; r < R; r++) {
-                w[r] = ef_icodes_avx2(kind, rows[r], g, tail, n_tail, prefetch);
-                if (kind == EF_INT_Q4) w[r] = _mm256_sub_epi8(w[r], _mm256_set1_epi8(8));
-                aw[r] = _mm256_abs_epi8(w[r]);
-            }
-            EF_IUNROLL for (int s = 0; s < S; s++) {
-                const __m256i x = _mm256_loadu_si256(
-                    (const __m256i*) (xq[s] + g * EF_IGROUP));
-                EF_IUNROLL for (int r = 0; r < R; r++)
-                    acc[r][s] = ef_igroup_avx2(0, w[r], aw[r], x, _mm256_setzero_si256(),
-                                               &sc[r][s][k], acc[r][s]);
-            }
-        }
+    __m256 t[8], u[8];
+    EF_IUNROLL for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    EF_IUNROLL for (int i = 0; i < 2; i++) {
+        u[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    EF_IUNROLL for (int k = 0; k < 4; k++) {
+        out[k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x20);
+        out[4 + k] = _mm256_permute2f128_ps(u[k], u[4 + k], 0x31);
     }
 }
 
-EF_IALWAYS void ef_iblock_avx2(int kind, int R, int S, const ef_imatrix* m, ptrdiff_t r0,
-                               ptrdiff_t r_step, const ef_qstates* a, ptrdiff_t s0,
-                               float* products)
+/* Eight rows (pointers rows[r], scales row r of m as index[r]) times one
+ * state s, all groups: lane r of the result is row r's dot product. */
+EF_IALWAYS __m256 ef_irows8_avx2(int kind, const ef_imatrix* m, const ptrdiff_t* index,
+                                 const ef_qstates* a, ptrdiff_t s, int prefetch_rows)
 {
-    __m256 acc[8][4];
     const ptrdiff_t G = m->n_groups;
     const ptrdiff_t g_tail = kind != EF_INT_Q4 && m->n_cols % EF_IGROUP ? G - 1 : G;
     const ptrdiff_t n_tail = m->n_cols - (G - 1) * EF_IGROUP;
+    const signed char* xq = a->q + s * a->n_pad;
+    const float* xd = a->d + s * a->d_stride;
+    const int* xsum = kind == EF_INT_Q4 ? a->xs + s * G : NULL;
     const char* rows[8];
-    const unsigned short* hs[8];
-    float row_scale[8];
-    const signed char* xq[4];
-    const float* xd[4];
-    const int* xsum[4];
-    EF_IUNROLL for (int r = 0; r < R; r++) {
-        rows[r] = m->data + (r0 + r * r_step) * m->row_bytes;
-        if (kind == EF_INT_I8) row_scale[r] = m->row_scales[r0 + r * r_step];
-        else hs[r] = m->gscales + (r0 + r * r_step) * G;
-        EF_IUNROLL for (int s = 0; s < S; s++) acc[r][s] = _mm256_setzero_ps();
-    }
-    EF_IUNROLL for (int s = 0; s < S; s++) {
-        xq[s] = a->q + (s0 + s) * a->n_pad;
-        xd[s] = a->d + (s0 + s) * a->d_stride;
-        xsum[s] = kind == EF_INT_Q4 ? a->xs8 + (s0 + s) * G * 8 : NULL;
+    __m256 acc = _mm256_setzero_ps(), dw[8];
+    EF_IUNROLL for (int r = 0; r < 8; r++) rows[r] = m->data + index[r] * m->row_bytes;
+    if (kind == EF_INT_I8) {
+        const __m256 row_scales = _mm256_setr_ps(
+            m->row_scales[index[0]], m->row_scales[index[1]], m->row_scales[index[2]],
+            m->row_scales[index[3]], m->row_scales[index[4]], m->row_scales[index[5]],
+            m->row_scales[index[6]], m->row_scales[index[7]]);
+        EF_IUNROLL for (int k = 0; k < 8; k++) dw[k] = row_scales;
     }
     for (ptrdiff_t gb = 0; gb < G; gb += 8) {
         const ptrdiff_t ng = G - gb < 8 ? G - gb : 8;
-        /* The scales fl32(dw * d) of these 8 groups for every (row, state). */
-        float sc[8][4][8] __attribute__((aligned(32)));
-        EF_IUNROLL for (int r = 0; r < R; r++) {
-            __m256 dw;
-            if (kind == EF_INT_I8) {
-                dw = _mm256_set1_ps(row_scale[r]);
-            } else if (ng == 8) {
-                dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) (hs[r] + gb)));
-            } else {
-                unsigned short tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                memcpy(tmp, hs[r] + gb, (size_t) ng * sizeof(tmp[0]));
-                dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) tmp));
+        if (kind != EF_INT_I8) {
+            /* The 8 rows' scales of groups gb .. gb + 7, as (group: rows). */
+            __m256 by_row[8];
+            EF_IUNROLL for (int r = 0; r < 8; r++) {
+                const unsigned short* h = m->gscales + index[r] * G + gb;
+                if (ng == 8) {
+                    by_row[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) h));
+                } else {
+                    unsigned short tmp[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                    memcpy(tmp, h, (size_t) ng * sizeof(tmp[0]));
+                    by_row[r] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*) tmp));
+                }
             }
-            EF_IUNROLL for (int s = 0; s < S; s++)
-                _mm256_store_ps(sc[r][s], _mm256_mul_ps(dw, _mm256_loadu_ps(xd[s] + gb)));
+            ef_transpose8_avx2(by_row, dw);
         }
-        if (ng == 8)
-            ef_igroups_avx2(kind, R, S, 8, gb, rows, xq, xsum, sc, g_tail, n_tail, acc);
-        else
-            ef_igroups_avx2(kind, R, S, ng, gb, rows, xq, xsum, sc, g_tail, n_tail, acc);
+        for (ptrdiff_t k = 0; k < ng; k++) {
+            const ptrdiff_t g = gb + k;
+            const int tail = g == g_tail;
+            const int prefetch = prefetch_rows && k % (kind == EF_INT_Q4 ? 4 : 2) == 0;
+            const __m256i x = _mm256_loadu_si256((const __m256i*) (xq + g * EF_IGROUP));
+            const __m256i ax = _mm256_abs_epi8(x);
+            __m256i p[8];
+            EF_IUNROLL for (int r = 0; r < 8; r++) {
+                const __m256i w = ef_icodes_avx2(kind, rows[r], g, tail, n_tail, prefetch);
+                const __m256i p16 = kind == EF_INT_Q4 ? _mm256_maddubs_epi16(w, x)
+                    : _mm256_maddubs_epi16(ax, _mm256_sign_epi8(w, x));
+                p[r] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+            }
+            __m256i isum = ef_isum8_avx2(p);
+            if (kind == EF_INT_Q4) isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(xsum[g]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+                                  _mm256_mul_ps(dw[k], _mm256_set1_ps(xd[g])), acc);
+        }
     }
-    EF_IUNROLL for (int r = 0; r < R; r++)
-        EF_IUNROLL for (int s = 0; s < S; s++) {
-            float lanes[8];
-            _mm256_storeu_ps(lanes, acc[r][s]);
-            products[(s0 + s) * m->n_rows + r0 + r * r_step] = EF_REDUCE_LANES(lanes);
-        }
+    return acc;
 }
 
-/* Rows start .. stop: one state 8 rows at a time (eight independent
- * accumulator chains, the codes streamed once); a batch as 2 rows x 4
- * states over row blocks that stay in L2 while every state group passes. */
-#define EF_IROWS_BLOCK 16
-EF_IALWAYS void ef_int_products_kind(int kind, const ef_imatrix* m, ptrdiff_t start,
-                                     ptrdiff_t stop, const ef_qstates* a,
-                                     ptrdiff_t n_states, float* products)
+/* Store lanes 0 .. n - 1 of v to products[index[r]] (column c). */
+EF_IALWAYS void ef_istore_rows(__m256 v, int n, const ptrdiff_t* index, ptrdiff_t s,
+                               const ef_imatrix* m, float* products)
 {
-    ptrdiff_t r = start;
-    if (n_states == 1) {
-        /* Rows r, r + q, ..., r + 7q: eight read streams far apart. */
-        const ptrdiff_t q = (stop - start) / 8;
-        for (; r < start + q; r++) ef_iblock_avx2(kind, 8, 1, m, r, q, a, 0, products);
-        for (r = start + 8 * q; r < stop; r++)
-            ef_iblock_avx2(kind, 1, 1, m, r, 1, a, 0, products);
-        return;
-    }
-    const ptrdiff_t s4 = n_states - n_states % 4;
-    for (ptrdiff_t b0 = start; b0 < stop; b0 += EF_IROWS_BLOCK) {
-        const ptrdiff_t b1 = b0 + EF_IROWS_BLOCK < stop ? b0 + EF_IROWS_BLOCK : stop;
-        for (ptrdiff_t s = 0; s < s4; s += 4) {
-            for (r = b0; r + 2 <= b1; r += 2) ef_iblock_avx2(kind, 2, 4, m, r, 1, a, s, products);
-            if (r < b1) ef_iblock_avx2(kind, 1, 4, m, r, 1, a, s, products);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, v);
+    for (int r = 0; r < n; r++) products[s * m->n_rows + index[r]] = lanes[r];
+}
+
+/* Up to 4 rows (codes[i]: 32 * n_groups codes, q4 unsigned; dwf[i]: group
+ * scales) times every interleaved block of 8 states: lane = state. */
+#define EF_ITILE 4
+EF_IALWAYS void ef_itile_avx2(int kind, const signed char* const* codes,
+                              const float* const* dwf, const ef_qstates* a,
+                              ptrdiff_t n_states, ptrdiff_t r0, int n_rows_valid,
+                              ptrdiff_t n_rows, float* products)
+{
+    const ptrdiff_t G = a->n_groups;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (ptrdiff_t b = 0; b < a->n_blocks; b++) {
+        __m256 acc[EF_ITILE];
+        EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) acc[i] = _mm256_setzero_ps();
+        for (ptrdiff_t g = 0; g < G; g++) {
+            const ptrdiff_t cell = (b * G + g) * EF_IBLOCK;
+            const signed char* xg = a->qi + cell * EF_IGROUP;
+            __m256i isum[EF_ITILE];
+            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) isum[i] = _mm256_setzero_si256();
+            EF_IUNROLL for (int k = 0; k < EF_IGROUP / 4; k++) {
+                const __m256i x = _mm256_loadu_si256((const __m256i*) (xg + k * EF_IGROUP));
+                if (kind == EF_INT_Q4) {
+                    /* int16 sums: 8 * 2 * 15 * 127 < 2^15. */
+                    EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+                        int w4;
+                        memcpy(&w4, codes[i] + g * EF_IGROUP + 4 * k, 4);
+                        isum[i] = _mm256_add_epi16(
+                            isum[i], _mm256_maddubs_epi16(_mm256_set1_epi32(w4), x));
+                        EF_IKEEP(isum[i]);
+                    }
+                } else {
+                    const __m256i ax = _mm256_abs_epi8(x);
+                    EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+                        int w4;
+                        memcpy(&w4, codes[i] + g * EF_IGROUP + 4 * k, 4);
+                        const __m256i w = _mm256_sign_epi8(_mm256_set1_epi32(w4), x);
+                        isum[i] = _mm256_add_epi32(
+                            isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, w), ones));
+                        EF_IKEEP(isum[i]);
+                    }
+                }
+            }
+            const __m256 d = _mm256_loadu_ps(a->di + cell);
+            const __m256i xs = kind == EF_INT_Q4
+                ? _mm256_loadu_si256((const __m256i*) (a->xsi + cell)) : _mm256_setzero_si256();
+            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+                __m256i v = isum[i];
+                if (kind == EF_INT_Q4) v = _mm256_sub_epi32(_mm256_madd_epi16(v, ones), xs);
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v),
+                                         _mm256_mul_ps(_mm256_set1_ps(dwf[i][g]), d), acc[i]);
+            }
         }
-        for (ptrdiff_t s = s4; s < n_states; s++) {
-            for (r = b0; r + 2 <= b1; r += 2) ef_iblock_avx2(kind, 2, 1, m, r, 1, a, s, products);
-            if (r < b1) ef_iblock_avx2(kind, 1, 1, m, r, 1, a, s, products);
+        const ptrdiff_t s_end = (b + 1) * EF_IBLOCK < n_states ? (b + 1) * EF_IBLOCK : n_states;
+        EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+            if (i >= n_rows_valid) break;
+            float lanes[8];
+            _mm256_storeu_ps(lanes, acc[i]);
+            for (ptrdiff_t s = b * EF_IBLOCK; s < s_end; s++)
+                products[s * n_rows + r0 + i] = lanes[s - b * EF_IBLOCK];
         }
     }
 }
 
-static void ef_int_products_i8(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
-                               const ef_qstates* a, ptrdiff_t n_states, float* products)
-{ ef_int_products_kind(EF_INT_I8, m, start, stop, a, n_states, products); }
-static void ef_int_products_q8(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
-                               const ef_qstates* a, ptrdiff_t n_states, float* products)
-{ ef_int_products_kind(EF_INT_Q8, m, start, stop, a, n_states, products); }
-static void ef_int_products_q4(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
-                               const ef_qstates* a, ptrdiff_t n_states, float* products)
-{ ef_int_products_kind(EF_INT_Q4, m, start, stop, a, n_states, products); }
+/* Rows start .. stop times the interleaved blocks; -1 when out of memory. */
+EF_IALWAYS int ef_int_products_blocks(int kind, const ef_imatrix* m, ptrdiff_t start,
+                                      ptrdiff_t stop, const ef_qstates* a,
+                                      ptrdiff_t n_states, float* products)
+{
+    const ptrdiff_t G = m->n_groups, n_pad = a->n_pad;
+    /* Rows whose codes the tile can read in place (q8/int8 with whole groups)
+     * skip the copy; q4 rows are unpacked, short q8/int8 rows padded. */
+    const int in_place = kind != EF_INT_Q4 && m->n_cols % EF_IGROUP == 0;
+    char* scratch = (char*) malloc((size_t) EF_ITILE * ((in_place ? 0 : n_pad)
+                                                         + G * sizeof(float)) + 64);
+    if (scratch == NULL) return -1;
+    float* dw_all = (float*) scratch;
+    signed char* code_all = (signed char*) (dw_all + EF_ITILE * G);
+    for (ptrdiff_t r0 = start; r0 < stop; r0 += EF_ITILE) {
+        const int n_valid = stop - r0 < EF_ITILE ? (int) (stop - r0) : EF_ITILE;
+        const signed char* codes[EF_ITILE];
+        const float* dwf[EF_ITILE];
+        for (int i = 0; i < EF_ITILE; i++) {
+            const ptrdiff_t r = r0 + (i < n_valid ? i : n_valid - 1);
+            const char* row = m->data + r * m->row_bytes;
+            float* dw = dw_all + i * G;
+            signed char* buf = code_all + i * n_pad;
+            for (ptrdiff_t g = 0; g < G; g++) dw[g] = ef_iweight_scale(m, r, g);
+            dwf[i] = dw;
+            if (in_place) {
+                codes[i] = (const signed char*) row;
+            } else if (kind == EF_INT_Q4) {
+                for (ptrdiff_t g = 0; g < G; g++) {
+                    const __m128i v = _mm_loadu_si128(
+                        (const __m128i*) (row + g * (EF_IGROUP / 2)));
+                    const __m128i lo = _mm_set1_epi8(0x0F);
+                    _mm_storeu_si128((__m128i*) (buf + g * EF_IGROUP), _mm_and_si128(v, lo));
+                    _mm_storeu_si128((__m128i*) (buf + g * EF_IGROUP + 16),
+                                     _mm_and_si128(_mm_srli_epi16(v, 4), lo));
+                }
+                codes[i] = buf;
+            } else {
+                memset(buf, 0, (size_t) n_pad);
+                memcpy(buf, row, (size_t) m->n_cols);
+                codes[i] = buf;
+            }
+        }
+        ef_itile_avx2(kind, codes, dwf, a, n_states, r0, n_valid, m->n_rows, products);
+    }
+    free(scratch);
+    return 0;
+}
+
+/* Rows start .. stop of every state.  Batches of EF_IBLOCK or more states
+ * take the interleaved tiles; fewer, 8 rows per state (one state: rows r,
+ * r + q, ..., r + 7q, eight read streams far apart). */
+EF_IALWAYS int ef_int_products_kind(int kind, const ef_imatrix* m, ptrdiff_t start,
+                                    ptrdiff_t stop, const ef_qstates* a,
+                                    ptrdiff_t n_states, float* products)
+{
+    ptrdiff_t index[8];
+    if (a->n_blocks > 0 && ef_int_products_blocks(kind, m, start, stop, a, n_states,
+                                                  products) == 0)
+        return 0;
+    if (n_states == 1) {
+        const ptrdiff_t q = (stop - start) / 8;
+        for (ptrdiff_t r = start; r < start + q; r++) {
+            EF_IUNROLL for (int i = 0; i < 8; i++) index[i] = r + i * q;
+            ef_istore_rows(ef_irows8_avx2(kind, m, index, a, 0, 1), 8, index, 0, m, products);
+        }
+        start += 8 * q;
+    }
+    for (ptrdiff_t r = start; r < stop; r += 8) {
+        const int n = stop - r < 8 ? (int) (stop - r) : 8;
+        EF_IUNROLL for (int i = 0; i < 8; i++) index[i] = r + (i < n ? i : n - 1);
+        for (ptrdiff_t s = 0; s < n_states; s++)
+            ef_istore_rows(ef_irows8_avx2(kind, m, index, a, s, n_states == 1), n, index, s,
+                           m, products);
+    }
+    return 0;
+}
+
+static int ef_int_products_i8(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
+                              const ef_qstates* a, ptrdiff_t n_states, float* products)
+{ return ef_int_products_kind(EF_INT_I8, m, start, stop, a, n_states, products); }
+static int ef_int_products_q8(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
+                              const ef_qstates* a, ptrdiff_t n_states, float* products)
+{ return ef_int_products_kind(EF_INT_Q8, m, start, stop, a, n_states, products); }
+static int ef_int_products_q4(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
+                              const ef_qstates* a, ptrdiff_t n_states, float* products)
+{ return ef_int_products_kind(EF_INT_Q4, m, start, stop, a, n_states, products); }
 
 static inline void ef_int_products(const ef_imatrix* m, ptrdiff_t start, ptrdiff_t stop,
                                    const ef_qstates* a, ptrdiff_t n_states, float* products)

@@ -8,10 +8,9 @@ the code under test:
   q = round-half-even(clip(fl32(v / d), -127, 127)), q = 0 where d = 0;
 * a weight group g has integer codes w (int8/q8 as stored, q4 code - 8) and
   a scale dw_g (the float16 group scale; int8: the row's float32 scale);
-  lane l of a group is its columns 4l .. 4l + 3, isum = sum(w * q) exactly;
-* acc_l = fl32(acc_l + isum * fl32(dw_g * d_g)) group by group (one
-  rounding), then the lanes reduce as ((a0 + a4) + (a2 + a6)) + ((a1 + a5) +
-  (a3 + a7)) in float32.
+  isum_g = sum(w * q) over the group's 32 columns, exactly;
+* acc = fl32(acc + isum_g * fl32(dw_g * d_g)) group by group (one rounding);
+  the product is acc.
 
 Logits are compared bit for bit on heads whose SiLU is exactly the identity
 (every |W h + b| >= 500, the spec's cut-off), so x = W h + b is known
@@ -104,18 +103,13 @@ def ref_products(codes, group_scales, states: np.ndarray) -> np.ndarray:
     for s, v in enumerate(states):
         q, d = ref_quantize(v)
         for r, (row, dw) in enumerate(zip(codes, group_scales)):
-            acc = [F32(0)] * 8
+            acc = F32(0)
             for g in range(len(d)):
                 scale = F32(dw[g] * d[g])
-                for lane in range(8):
-                    cols = range(g * GROUP + 4 * lane, g * GROUP + 4 * lane + 4)
-                    isum = sum(row[j] * q[j] for j in cols)
-                    if isum:
-                        acc[lane] = round_to_f32(Fraction(float(acc[lane]))
-                                                 + isum * Fraction(float(scale)))
-            a = acc
-            out[s, r] = F32(F32(F32(a[0] + a[4]) + F32(a[2] + a[6]))
-                            + F32(F32(a[1] + a[5]) + F32(a[3] + a[7])))
+                isum = sum(row[j] * q[j] for j in range(g * GROUP, g * GROUP + GROUP))
+                if isum:
+                    acc = round_to_f32(Fraction(float(acc)) + isum * Fraction(float(scale)))
+            out[s, r] = acc
     return out
 
 
@@ -170,7 +164,8 @@ def assert_bits_equal(actual, expected):
 def test_logits_follow_the_definition_bit_for_bit(weight_dtype, d_model, d_proj):
     rng = np.random.default_rng(d_model * 10 + d_proj)
     head = identity_silu_head(rng, weight_dtype, d_model, d_proj, 7)
-    hidden = identity_states(rng, 3, d_model)
+    # 11 states: the interleaved blocks of 8 (one partial) and single states.
+    hidden = identity_states(rng, 11, d_model)
     expected = reference_logits(head, hidden)
     assert_bits_equal(logits_of(head, hidden), expected)
     for i in range(hidden.shape[0]):
@@ -208,11 +203,11 @@ def random_int_head(rng, weight_dtype, d_model, d_proj, vocab, activations="int8
 def test_batch_equals_single_states(weight_dtype):
     rng = np.random.default_rng(11)
     head = random_int_head(rng, weight_dtype, 77, 66, 90)
-    hidden = rng.standard_normal((9, 77)).astype(F32)
+    hidden = rng.standard_normal((19, 77)).astype(F32)
     hidden[3] = 0.0                          # a zero state
     hidden[5, :40] = 0.0                     # zero groups
     singles = np.stack([logits_of(head, h) for h in hidden])
-    for count in (1, 2, 4, 5, 9):
+    for count in (1, 2, 4, 5, 7, 8, 9, 16, 19):
         assert_bits_equal(logits_of(head, hidden[:count]), singles[:count])
     tokens = head.predict(hidden, top_k=3).tokens
     assert (tokens == np.stack([head.predict(h, top_k=3).tokens for h in hidden])).all()
@@ -223,7 +218,7 @@ def test_threads_and_batch_blocks_agree_on_a_parallel_head(weight_dtype):
     # Big enough to run on two threads (>= 256 KiB of weights).
     rng = np.random.default_rng(12)
     head = random_int_head(rng, weight_dtype, 256, 200, 1500)
-    hidden = rng.standard_normal((6, 256)).astype(F32)
+    hidden = rng.standard_normal((21, 256)).astype(F32)
     one = logits_of(head, hidden, num_threads=1)
     assert_bits_equal(logits_of(head, hidden, num_threads=2), one)
     assert_bits_equal(np.stack([logits_of(head, h, num_threads=2) for h in hidden]), one)
