@@ -27,10 +27,10 @@
  * whatever the kernel or blocking, so a batch gives its states' single
  * results bit for bit.
  *
- * Kernels (AVX2).  Fewer than EF_IBLOCK = 8 states: 8 rows at a time, one
- * state, each row's 32-column group summed in a vector and the 8 rows' sums
- * transposed into one vector (lane = row) before its scale.  EF_IBLOCK or
- * more: the states are also stored interleaved, 8 to a block -- 4 columns of
+ * Kernels (AVX2).  Few states (q4: < 4, q8/int8: < 5): 8 rows at a time,
+ * one state, each row's 32-column group summed in a vector and the 8 rows'
+ * sums transposed into one vector (lane = row) before its scale.  More:
+ * the states are also stored interleaved, EF_IBLOCK = 8 to a block -- 4 columns of
  * each of a block's 8 states in one vector, lane = state -- and each weight
  * row's 4 codes are broadcast against it, so one multiply serves 8 states and
  * the integer sums need no reduction (q4 sums 8 such products in int16, which
@@ -39,8 +39,8 @@
  * API:
  *   ef_qstates            quantized states: q (n_states, n_pad), d (n_states,
  *                         d_stride), xs (n_states, n_groups) (8 * group sums
- *                         of q, q4 only), and for n_states >= EF_IBLOCK (AVX2
- *                         builds) the interleaved copy qi (n_blocks, n_groups,
+ *                         of q, q4 only), and from EF_IBLOCK_MIN(_Q4)
+ *                         states (AVX2 builds) the interleaved copy qi (n_blocks, n_groups,
  *                         8 column quads, 8 states, 4), di / xsi (n_blocks,
  *                         n_groups, 8) -- n_pad = 32 * n_groups, d_stride =
  *                         n_groups rounded up to 8 (padded with 0), padding
@@ -63,7 +63,11 @@
 #include "_dot_kernels.h"
 
 #define EF_IGROUP 32
-#define EF_IBLOCK 8   /* states per interleaved block */
+#define EF_IBLOCK 8        /* states per interleaved block */
+/* Interleaved from this many states (q4 / q8 and int8; measured): a partial
+ * block costs a full one, still less than that many single-state passes. */
+#define EF_IBLOCK_MIN_Q4 4
+#define EF_IBLOCK_MIN 5
 
 #if defined(__AVX2__) && defined(__F16C__)
 #define EF_INT_INTERLEAVED 1
@@ -135,7 +139,8 @@ static inline int ef_qstates_alloc(ef_qstates* a, ptrdiff_t n_states, ptrdiff_t 
     a->n_groups = ef_igroups(n);
     a->n_pad = a->n_groups * EF_IGROUP;
     a->d_stride = (a->n_groups + 7) / 8 * 8;
-    a->n_blocks = EF_INT_INTERLEAVED && n_states >= EF_IBLOCK
+    a->n_blocks = EF_INT_INTERLEAVED
+        && n_states >= (with_sums ? EF_IBLOCK_MIN_Q4 : EF_IBLOCK_MIN)
         ? (n_states + EF_IBLOCK - 1) / EF_IBLOCK : 0;
     /* 32 bytes of slack: the vector loads may read a whole group. */
     a->q = (signed char*) malloc((size_t) (n_states * a->n_pad) + 32);
@@ -361,7 +366,48 @@ EF_IALWAYS __m256 ef_irows8_avx2(int kind, const ef_imatrix* m, const ptrdiff_t*
             }
             ef_transpose8_avx2(by_row, dw);
         }
-        for (ptrdiff_t k = 0; k < ng; k++) {
+        ptrdiff_t k = 0;
+        if (kind == EF_INT_Q4) {
+            /* Two groups per 32-byte load: its low nibbles are columns 0..15
+             * of g and g + 1, its high nibbles 16..31; the two int16 sums
+             * (<= 2 * 2 * 15 * 127) add before one vpmaddwd, and the row
+             * reduction leaves g in the low lanes, g + 1 in the high ones. */
+            for (; k + 2 <= ng; k += 2) {
+                const ptrdiff_t g = gb + k;
+                const __m256i nib = _mm256_set1_epi8(0x0F);
+                const __m256i x_lo = _mm256_set_m128i(
+                    _mm_loadu_si128((const __m128i*) (xq + (g + 1) * EF_IGROUP)),
+                    _mm_loadu_si128((const __m128i*) (xq + g * EF_IGROUP)));
+                const __m256i x_hi = _mm256_set_m128i(
+                    _mm_loadu_si128((const __m128i*) (xq + (g + 1) * EF_IGROUP + 16)),
+                    _mm_loadu_si128((const __m128i*) (xq + g * EF_IGROUP + 16)));
+                __m256i p[8], t[4], u[2];
+                EF_IUNROLL for (int r = 0; r < 8; r++) {
+                    const unsigned char* c = (const unsigned char*) rows[r] + g * (EF_IGROUP / 2);
+                    const __m256i v = _mm256_loadu_si256((const __m256i*) c);
+                    if (prefetch_rows && k % 4 == 0) __builtin_prefetch(c + 2048);
+                    const __m256i p16 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(_mm256_and_si256(v, nib), x_lo),
+                        _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib),
+                                             x_hi));
+                    p[r] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+                }
+                EF_IUNROLL for (int i = 0; i < 4; i++)
+                    t[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * i], p[2 * i + 1]),
+                                            _mm256_unpackhi_epi32(p[2 * i], p[2 * i + 1]));
+                EF_IUNROLL for (int i = 0; i < 2; i++)
+                    u[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
+                                            _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+                EF_IUNROLL for (int h = 0; h < 2; h++) {
+                    __m256i isum = _mm256_permute2x128_si256(u[0], u[1], h ? 0x31 : 0x20);
+                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(xsum[g + h]));
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum),
+                                          _mm256_mul_ps(dw[k + h], _mm256_set1_ps(xd[g + h])),
+                                          acc);
+                }
+            }
+        }
+        for (; k < ng; k++) {
             const ptrdiff_t g = gb + k;
             const int tail = g == g_tail;
             const int prefetch = prefetch_rows && k % (kind == EF_INT_Q4 ? 4 : 2) == 0;
@@ -503,8 +549,8 @@ EF_IALWAYS int ef_int_products_blocks(int kind, const ef_imatrix* m, ptrdiff_t s
     return 0;
 }
 
-/* Rows start .. stop of every state.  Batches of EF_IBLOCK or more states
- * take the interleaved tiles; fewer, 8 rows per state (one state: rows r,
+/* Rows start .. stop of every state.  Batches of EF_IBLOCK_MIN(_Q4) or more
+ * states take the interleaved tiles; fewer, 8 rows per state (one state: rows r,
  * r + q, ..., r + 7q, eight read streams far apart). */
 EF_IALWAYS int ef_int_products_kind(int kind, const ef_imatrix* m, ptrdiff_t start,
                                     ptrdiff_t stop, const ef_qstates* a,
