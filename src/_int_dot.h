@@ -444,8 +444,13 @@ EF_IALWAYS void ef_istore_rows(__m256 v, int n, const ptrdiff_t* index, ptrdiff_
 EF_IALWAYS void ef_itile_avx2(int kind, const signed char* const* codes,
                               const float* const* dwf, const ef_qstates* a,
                               ptrdiff_t n_states, ptrdiff_t r0, int n_rows_valid,
-                              ptrdiff_t n_rows, float* products)
+                              ptrdiff_t n_rows, const char* next_rows,
+                              ptrdiff_t next_bytes, float* products)
 {
+    /* The next tile's stored rows (next_bytes from next_rows) are prefetched
+     * during the first block, a cache line per group or two, so their read
+     * from memory overlaps this tile's arithmetic. */
+    const ptrdiff_t line_every = kind == EF_INT_Q4 ? 4 : 2;
     const ptrdiff_t G = a->n_groups;
     const __m256i ones = _mm256_set1_epi16(1);
     for (ptrdiff_t b = 0; b < a->n_blocks; b++) {
@@ -454,6 +459,11 @@ EF_IALWAYS void ef_itile_avx2(int kind, const signed char* const* codes,
         for (ptrdiff_t g = 0; g < G; g++) {
             const ptrdiff_t cell = (b * G + g) * EF_IBLOCK;
             const signed char* xg = a->qi + cell * EF_IGROUP;
+            if (b == 0 && g % line_every == 0) {
+                const ptrdiff_t line = g / line_every * 64;
+                for (int i = 0; i < EF_ITILE; i++)
+                    if (line < next_bytes) __builtin_prefetch(next_rows + i * next_bytes + line);
+            }
             __m256i isum[EF_ITILE];
             EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) isum[i] = _mm256_setzero_si256();
             EF_IUNROLL for (int k = 0; k < EF_IGROUP / 4; k++) {
@@ -543,7 +553,10 @@ EF_IALWAYS int ef_int_products_blocks(int kind, const ef_imatrix* m, ptrdiff_t s
                 codes[i] = buf;
             }
         }
-        ef_itile_avx2(kind, codes, dwf, a, n_states, r0, n_valid, m->n_rows, products);
+        const ptrdiff_t next = r0 + EF_ITILE;
+        ef_itile_avx2(kind, codes, dwf, a, n_states, r0, n_valid, m->n_rows,
+                      m->data + next * m->row_bytes,
+                      next + EF_ITILE <= stop ? m->row_bytes : 0, products);
     }
     free(scratch);
     return 0;
