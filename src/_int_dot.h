@@ -294,16 +294,25 @@ EF_IALWAYS __m256i ef_icodes_avx2(int kind, const char* row, ptrdiff_t g, int ta
     return _mm256_loadu_si256((const __m256i*) p);
 }
 
-/* lane r = the sum of p[r]'s 8 int32 lanes (exact). */
-EF_IALWAYS __m256i ef_isum8_avx2(const __m256i* p)
+/* Half sums of 8 rows: lane r of 128-bit half h of the result is the sum of
+ * p[r]'s lanes 4h .. 4h + 3 (exact), rows 0..3 in u[0], 4..7 in u[1]:
+ * (u[0], u[1]) -> one vector per half, via permute2x128 (0x20 / 0x31). */
+EF_IALWAYS void ef_ihalf_sums8_avx2(const __m256i* p, __m256i* u)
 {
-    __m256i t[4], u[2];
+    __m256i t[4];
     EF_IUNROLL for (int i = 0; i < 4; i++)
         t[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * i], p[2 * i + 1]),
                                 _mm256_unpackhi_epi32(p[2 * i], p[2 * i + 1]));
     EF_IUNROLL for (int i = 0; i < 2; i++)
         u[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
                                 _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+}
+
+/* lane r = the sum of p[r]'s 8 int32 lanes (exact). */
+EF_IALWAYS __m256i ef_isum8_avx2(const __m256i* p)
+{
+    __m256i u[2];
+    ef_ihalf_sums8_avx2(p, u);
     return _mm256_add_epi32(_mm256_permute2x128_si256(u[0], u[1], 0x20),
                             _mm256_permute2x128_si256(u[0], u[1], 0x31));
 }
@@ -381,7 +390,7 @@ EF_IALWAYS __m256 ef_irows8_avx2(int kind, const ef_imatrix* m, const ptrdiff_t*
                 const __m256i x_hi = _mm256_set_m128i(
                     _mm_loadu_si128((const __m128i*) (xq + (g + 1) * EF_IGROUP + 16)),
                     _mm_loadu_si128((const __m128i*) (xq + g * EF_IGROUP + 16)));
-                __m256i p[8], t[4], u[2];
+                __m256i p[8], u[2];
                 EF_IUNROLL for (int r = 0; r < 8; r++) {
                     const unsigned char* c = (const unsigned char*) rows[r] + g * (EF_IGROUP / 2);
                     const __m256i v = _mm256_loadu_si256((const __m256i*) c);
@@ -392,12 +401,7 @@ EF_IALWAYS __m256 ef_irows8_avx2(int kind, const ef_imatrix* m, const ptrdiff_t*
                                              x_hi));
                     p[r] = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
                 }
-                EF_IUNROLL for (int i = 0; i < 4; i++)
-                    t[i] = _mm256_add_epi32(_mm256_unpacklo_epi32(p[2 * i], p[2 * i + 1]),
-                                            _mm256_unpackhi_epi32(p[2 * i], p[2 * i + 1]));
-                EF_IUNROLL for (int i = 0; i < 2; i++)
-                    u[i] = _mm256_add_epi32(_mm256_unpacklo_epi64(t[2 * i], t[2 * i + 1]),
-                                            _mm256_unpackhi_epi64(t[2 * i], t[2 * i + 1]));
+                ef_ihalf_sums8_avx2(p, u);
                 EF_IUNROLL for (int h = 0; h < 2; h++) {
                     __m256i isum = _mm256_permute2x128_si256(u[0], u[1], h ? 0x31 : 0x20);
                     isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(xsum[g + h]));
