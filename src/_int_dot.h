@@ -537,7 +537,17 @@ EF_IALWAYS int ef_int_products_blocks(int kind, const ef_imatrix* m, ptrdiff_t s
             const char* row = m->data + r * m->row_bytes;
             float* dw = dw_all + i * G;
             signed char* buf = code_all + i * n_pad;
-            for (ptrdiff_t g = 0; g < G; g++) dw[g] = ef_iweight_scale(m, r, g);
+            if (kind == EF_INT_I8) {
+                for (ptrdiff_t g = 0; g < G; g++) dw[g] = m->row_scales[r];
+            } else {
+                /* float16 -> float32, 8 at a time (exact either way). */
+                const unsigned short* h = m->gscales + r * G;
+                ptrdiff_t g = 0;
+                for (; g + 8 <= G; g += 8)
+                    _mm256_storeu_ps(dw + g, _mm256_cvtph_ps(
+                        _mm_loadu_si128((const __m128i*) (h + g))));
+                for (; g < G; g++) dw[g] = ef_half_to_f32(h[g]);
+            }
             dwf[i] = dw;
             if (in_place) {
                 codes[i] = (const signed char*) row;
