@@ -480,7 +480,9 @@ class DraftHead:
             OpenMP threads: None = default (honours OMP_NUM_THREADS), -1 = all,
             -2 = all but one, ... (counted back from OMP_NUM_THREADS, else the
             usable CPUs, on every backend); 0 or a count that leaves no thread
-            is a ValueError.  Small heads always run on one thread.
+            is a ValueError.  An upper bound: each thread needs 8 MiB of work
+            (weight bytes x states, eagle_fast._threads), so small heads run on
+            one thread.
         scatter_to_target : bool, default False
             Heads with ``d2t`` only: return ``logits``/``probs`` over the target
             vocabulary (tokens outside the draft vocabulary get -inf / 0).

@@ -361,12 +361,12 @@ def draft_from_hidden(object hidden_state, object projection_weights,
                       Py_ssize_t parallel_min_bytes, int max_threads):
     """eagle_draft_from_hidden's result dict for the common inputs, or None
     (then the caller's general path decides: see the comment above).
-    ``temperature`` is already a validated float; the call runs on
-    up to ``max_threads`` threads, each with >= ``parallel_min_bytes`` of
-    weights (eagle_fast._threads.team_size), when neither matrix came as lists: reading lists (serial) takes about 5x
-    the kernel's time, so threads could save at most a tenth of the call, and
-    waking them after that long costs as much (measured at 256 x 128 x 1000:
-    serial lists were faster)."""
+    ``temperature`` is already a validated float; the call runs on up to
+    ``max_threads`` threads, each with >= ``parallel_min_bytes`` of weights
+    (eagle_fast._threads.team_size), when neither matrix came as lists:
+    reading lists (serial) takes about 5x the kernel's time, so threads
+    could save at most a tenth of the call, and waking them after that long
+    costs as much (measured at 256 x 128 x 1000: serial lists were faster)."""
     h_data = vector_of(hidden_state, -1)
     if h_data is None:
         return None

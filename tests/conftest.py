@@ -53,14 +53,11 @@ with warnings.catch_warnings(record=True) as _import_warnings:
     import eagle_fast  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from support import skip_or_fail_without_compiled  # noqa: E402
+from support import TEST_MIN_WORK_BYTES, skip_or_fail_without_compiled  # noqa: E402
 from eagle_fast import _backend, _threads  # noqa: E402
 
 settings.register_profile("eagle_fast", deadline=None, max_examples=40, print_blob=True)
 settings.load_profile("eagle_fast")
-
-
-TEST_MIN_WORK_BYTES = 128 * 1024   # per thread: two threads from 256 KiB
 
 
 @pytest.fixture(autouse=True)

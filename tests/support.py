@@ -23,6 +23,7 @@ BACKEND_AT_IMPORT = _backend.active()
 # The shared work threshold as eagle_fast ships it (conftest.py lowers it for
 # the suite; tests/test_threads.py checks this value's rule).
 PRODUCTION_MIN_WORK_BYTES = _threads.PARALLEL_MIN_WORK_BYTES
+TEST_MIN_WORK_BYTES = 128 * 1024   # the suite's, per thread: two threads from 256 KiB
 
 
 def require_compiled() -> bool:
