@@ -18,8 +18,9 @@ quiet machine two threads start to pay from about 256-512 KiB of work
 GNU OpenMP's spinning worker is descheduled and each region waits for a
 whole time slice: 8-16 ms measured, against 20-400 us serially.  8 MiB per
 thread (two threads from 16 MiB, about 0.4 ms serially) keeps every product
-of a small drafter serial -- where two threads saved under 5 % of a draft
-tree on a quiet machine -- and 7B-size heads (hundreds of MB) parallel.
+of a small drafter serial -- where two threads saved nothing measurable on a
+quiet machine and cost 36x on a busy one -- and 7B-size heads (hundreds of
+MB) parallel.
 """
 
 from __future__ import annotations
