@@ -15,6 +15,7 @@ from ._storage import (
     StoredMatrix,
     resolve_weight_dtype,
 )
+from ._threads import team_size
 from ._validation import (
     as_kernel_array,
     check_bool,
@@ -28,12 +29,6 @@ from ._validation import (
     resolve_num_threads,
 )
 
-# Below this many bytes of weights a call runs serially: waking an OpenMP team
-# costs 1-3 us warm (~100 us when its threads sleep), more than the whole
-# computation of a small head.  Measured on the 2-core dev machine (float32,
-# B = 1, median us per call, 1 vs 2 threads): 80 KiB 6.0 vs 7.3, 320 KiB 13.7
-# vs 11.9, 640 KiB 23.6 vs 23.3, 2.3 MiB 107 vs 47.
-PARALLEL_MIN_WEIGHT_BYTES = 256 * 1024
 
 # Up to this k the kernel keeps per-thread top-k lists while it streams the
 # LM head; larger k sorts the full logits afterwards (O(V log V), still exact).
@@ -315,7 +310,6 @@ class DraftHead:
             self._residual, weight.n_cols, activations)
         self._activations = activations
         self._nbytes = weight.nbytes + bias.nbytes + lm_head.nbytes
-        self._parallel = self._nbytes >= PARALLEL_MIN_WEIGHT_BYTES
         self._default_threads = self._backend.draft.max_threads()
         self._d_model = self._kernel.d_model
         self._vocab_size = self._kernel.vocab
@@ -486,7 +480,9 @@ class DraftHead:
             OpenMP threads: None = default (honours OMP_NUM_THREADS), -1 = all,
             -2 = all but one, ... (counted back from OMP_NUM_THREADS, else the
             usable CPUs, on every backend); 0 or a count that leaves no thread
-            is a ValueError.  Small heads always run on one thread.
+            is a ValueError.  An upper bound: each thread needs 8 MiB of work
+            (weight bytes x states, eagle_fast._threads), so small heads run on
+            one thread.
         scatter_to_target : bool, default False
             Heads with ``d2t`` only: return ``logits``/``probs`` over the target
             vocabulary (tokens outside the draft vocabulary get -inf / 0).
@@ -518,8 +514,9 @@ class DraftHead:
             n_threads = self._default_threads
         else:
             n_threads = resolve_num_threads(num_threads, self._default_threads)
-        if not self._parallel:
-            n_threads = 1
+        if n_threads > 1:   # serial below the shared work threshold (_threads.py)
+            n_threads = team_size(self._nbytes * (hidden.shape[0] if hidden.ndim == 2 else 1),
+                                  n_threads)
 
         if top_k <= STREAMING_TOP_K_MAX:
             n_bad, tokens, token_probs, logits, probs = self._kernel.forward(

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from ._head import PARALLEL_MIN_WEIGHT_BYTES, STREAMING_TOP_K_MAX, DraftHead, DraftResult
+from ._head import STREAMING_TOP_K_MAX, DraftHead, DraftResult
+from ._threads import team_size
 from ._validation import check_temperature, check_top_k, resolve_num_threads
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ class MedusaHeads:
         self._kernels = [head._kernel for head in heads]
         self._draft = first._backend.draft
         self._min_vocab = min(head.vocab_size for head in heads)
-        self._parallel = sum(head.nbytes for head in heads) >= PARALLEL_MIN_WEIGHT_BYTES
+        # Each head is one parallel region: its own bytes are a call's work.
+        self._head_bytes = max(head.nbytes for head in heads)
         self._default_threads = first._default_threads
 
     @property
@@ -118,8 +120,8 @@ class MedusaHeads:
         temperature = check_temperature(temperature)
         top_k = check_top_k(top_k, self._min_vocab)
         n_threads = resolve_num_threads(num_threads, self._default_threads)
-        if not self._parallel:
-            n_threads = 1
+        n_threads = team_size(self._head_bytes * (hidden.shape[0] if hidden.ndim == 2 else 1),
+                              n_threads)
         if top_k <= STREAMING_TOP_K_MAX:
             n_bad, tokens, token_probs = self._draft.forward_heads(
                 self._kernels, hidden, temperature, top_k, n_threads)

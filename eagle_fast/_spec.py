@@ -8,8 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend
-from ._head import PARALLEL_MIN_WEIGHT_BYTES
+from . import _backend, _threads
 from ._validation import aligned, check_finite, head_arrays, numeric_array
 
 # CPython >= 3.12 sums floats with Neumaier compensation; the spec's
@@ -70,7 +69,8 @@ def eagle_draft_from_hidden(hidden_state: Any, projection_weights: Any, projecti
     backend = _backend.active()
     result = backend.spec.draft_from_hidden(
         hidden_state, projection_weights, projection_bias, lm_head_weights, temperature,
-        _COMPENSATED_SUM, PARALLEL_MIN_WEIGHT_BYTES, backend.draft.max_threads())
+        _COMPENSATED_SUM, _threads.PARALLEL_MIN_WORK_BYTES,
+        backend.draft.max_threads())
     if result is not None:
         return result
     return _draft_from_arrays(hidden_state, projection_weights, projection_bias,
@@ -120,8 +120,7 @@ def _draft_from_arrays(hidden_state: Any, projection_weights: Any, projection_bi
     logits = np.empty(vocab)
     probs = np.empty(vocab)
     weight_bytes = arrays[1].nbytes + arrays[3].nbytes
-    n_threads = backend.draft.max_threads() if (
-        weight_bytes >= PARALLEL_MIN_WEIGHT_BYTES) else 1
+    n_threads = _threads.team_size(weight_bytes, backend.draft.max_threads())
     best = backend.spec.spec_forward(*arrays, temperature, _COMPENSATED_SUM, logits, probs,
                                      n_threads)
     if best < 0:

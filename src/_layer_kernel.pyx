@@ -7,6 +7,10 @@
 #   converting loads (chunk_products of _stored_matmul.pxi over _dot_kernels.h:
 #   float32/float64, bfloat16, float16, int8 with per-row scales, q8/q4 with
 #   float16 group scales), rows split into one contiguous chunk per thread.
+# * Thread counts come from the caller (eagle_fast.models.eagle), which keeps
+#   small calls serial (eagle_fast._threads.team_size: a work threshold shared
+#   with the draft head); the kernels split whatever they are given, and the
+#   split never changes a result.
 # * rms_norm, rope (rotate-half, in place), silu_mul (SwiGLU), log_softmax.
 # * attention: grouped-query attention of n queries over the draft KV cache:
 #   the first n_stable rows always visible, the next E rows where the (n, E)
@@ -48,7 +52,7 @@ cdef class Matrix:
     cdef StoredMatrix m
     cdef object _keep
     cdef readonly object compute
-    cdef readonly Py_ssize_t rows, cols
+    cdef readonly Py_ssize_t rows, cols, nbytes
     cdef readonly str storage
 
     def __init__(self, data, scales, str storage, compute, Py_ssize_t n_cols=-1):
@@ -83,15 +87,15 @@ cdef class Matrix:
             self.m.scales = <const float*> <size_t> scales.ctypes.data
         self.rows = self.m.n_rows
         self.cols = self.m.n_cols
+        self.nbytes = data.nbytes + (0 if scales is None else scales.nbytes)
 
 
 cdef int matmul_impl(const StoredMatrix* m, const floating* x, Py_ssize_t n_states,
                      floating* out, int n_threads) except -1 nogil:
-    cdef Py_ssize_t n_chunks = n_threads, c, start, stop
+    # One contiguous chunk of rows per thread (never more chunks than rows).
+    cdef Py_ssize_t n_chunks = max(1, min(<Py_ssize_t> n_threads, m.n_rows)), c, start, stop
     cdef Py_ssize_t lane_size = lane_buffer_size(n_states)
     cdef floating* lanes
-    if m.n_rows < 64 * n_chunks:
-        n_chunks = 1
     lanes = <floating*> malloc(n_chunks * lane_size * sizeof(floating))
     if lanes == NULL:
         with gil:
@@ -250,8 +254,8 @@ def attention(floating[:, :, ::1] q, floating[:, :, ::1] k, floating[:, :, ::1] 
     cdef floating[:, ::1] out = out_array
     cdef floating* scratch
     cdef const unsigned char* mask_ptr = &mask[0, 0] if n_extra > 0 else NULL
-    cdef int threads = n_threads if n * heads * total >= 4096 else 1
-    scratch = <floating*> malloc(max(1, threads) * max(1, total) * sizeof(floating))
+    cdef int threads = max(1, n_threads)
+    scratch = <floating*> malloc(threads * max(1, total) * sizeof(floating))
     if scratch == NULL:
         raise MemoryError()
     try:

@@ -361,12 +361,12 @@ def draft_from_hidden(object hidden_state, object projection_weights,
                       Py_ssize_t parallel_min_bytes, int max_threads):
     """eagle_draft_from_hidden's result dict for the common inputs, or None
     (then the caller's general path decides: see the comment above).
-    ``temperature`` is already a validated float; the call runs on
-    ``max_threads`` threads when the weights have >= ``parallel_min_bytes``
-    and neither matrix came as lists: reading lists (serial) takes about 5x
-    the kernel's time, so threads could save at most a tenth of the call, and
-    waking them after that long costs as much (measured at 256 x 128 x 1000:
-    serial lists were faster)."""
+    ``temperature`` is already a validated float; the call runs on up to
+    ``max_threads`` threads, each with >= ``parallel_min_bytes`` of weights
+    (eagle_fast._threads.team_size), when neither matrix came as lists:
+    reading lists (serial) takes about 5x the kernel's time, so threads
+    could save at most a tenth of the call, and waking them after that long
+    costs as much (measured at 256 x 128 x 1000: serial lists were faster)."""
     h_data = vector_of(hidden_state, -1)
     if h_data is None:
         return None
@@ -388,10 +388,14 @@ def draft_from_hidden(object hidden_state, object projection_weights,
     cdef double[::1] logits = cvarray(shape=(vocab,), itemsize=sizeof(double), format="d")
     cdef double[::1] probs = cvarray(shape=(vocab,), itemsize=sizeof(double), format="d")
     cdef int n_threads = 1
-    if ((w.shape[0] * w.shape[1] + lm.shape[0] * lm.shape[1]) * <Py_ssize_t>sizeof(double)
-            >= parallel_min_bytes and type(projection_weights) is not list
-            and type(lm_head_weights) is not list):
-        n_threads = max_threads
+    cdef Py_ssize_t work = ((w.shape[0] * w.shape[1] + lm.shape[0] * lm.shape[1])
+                            * <Py_ssize_t>sizeof(double))
+    if type(projection_weights) is not list and type(lm_head_weights) is not list:
+        # eagle_fast._threads.team_size's rule: parallel_min_bytes per thread.
+        if parallel_min_bytes <= 0:
+            n_threads = max_threads
+        elif work >= 2 * parallel_min_bytes:
+            n_threads = <int> min(<Py_ssize_t> max_threads, work // parallel_min_bytes)
     with nogil:
         best = spec_impl(h, w, b, lm, temperature, compensated_sum, projected, logits,
                          probs, n_threads, True)

@@ -8,6 +8,11 @@
   compiled backend say so.)
 * This folder goes on ``sys.path`` so that test modules, imported with
   ``--import-mode=importlib``, can ``from reference import ...``.
+* The suite's heads and drafters are sized around 256 KiB (kilobytes, not the
+  megabytes of eagle_fast._threads.PARALLEL_MIN_WORK_BYTES): an autouse
+  fixture lowers the shared work threshold so that their ``num_threads=2``
+  calls still run the parallel kernels (two threads from 256 KiB of work);
+  tests/test_threads.py checks the rule and the production value.
 * Every test runs once per backend: compiled x86-64-v3, compiled baseline,
   python (an autouse fixture parametrized over them).  A compiled level that
   is not available is skipped -- unless ``EAGLE_FAST_REQUIRE_COMPILED=1``,
@@ -48,11 +53,17 @@ with warnings.catch_warnings(record=True) as _import_warnings:
     import eagle_fast  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from support import skip_or_fail_without_compiled  # noqa: E402
-from eagle_fast import _backend  # noqa: E402
+from support import TEST_MIN_WORK_BYTES, skip_or_fail_without_compiled  # noqa: E402
+from eagle_fast import _backend, _threads  # noqa: E402
 
 settings.register_profile("eagle_fast", deadline=None, max_examples=40, print_blob=True)
 settings.load_profile("eagle_fast")
+
+
+@pytest.fixture(autouse=True)
+def small_parallel_threshold(monkeypatch):
+    """Run the suite's small heads on the threads they ask for (see above)."""
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK_BYTES", TEST_MIN_WORK_BYTES)
 
 
 BACKEND_PARAMS = [

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from eagle_fast import _backend
+from eagle_fast import _backend, _threads
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -19,6 +19,11 @@ REPO_ROOT = TESTS_DIR.parent
 # What eagle_fast selected by itself at import (EAGLE_FAST_BACKEND / _SIMD),
 # before any test switched backends.
 BACKEND_AT_IMPORT = _backend.active()
+
+# The shared work threshold as eagle_fast ships it (conftest.py lowers it for
+# the suite; tests/test_threads.py checks this value's rule).
+PRODUCTION_MIN_WORK_BYTES = _threads.PARALLEL_MIN_WORK_BYTES
+TEST_MIN_WORK_BYTES = 128 * 1024   # the suite's, per thread: two threads from 256 KiB
 
 
 def require_compiled() -> bool:

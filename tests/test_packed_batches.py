@@ -19,9 +19,8 @@ import numpy as np
 import pytest
 
 from eagle_fast import DraftHead
-from eagle_fast._head import PARALLEL_MIN_WEIGHT_BYTES
 from reference import float64_reference
-from support import random_head
+from support import TEST_MIN_WORK_BYTES, random_head
 
 WEIGHT_DTYPES = ["float32", "bfloat16", "float16", "int8", "q8", "float64"]
 BATCHES = (9, 63, 64, 65)
@@ -80,7 +79,7 @@ def _head(weight_dtype, shape, seed):
 def test_packed_batches_equal_single_states_and_reference(weight_dtype, shape):
     head, pool, rng = _head(weight_dtype, shape, 131)
     if shape is PARALLEL_SHAPE:
-        assert head.nbytes >= PARALLEL_MIN_WEIGHT_BYTES  # 2 threads really split rows
+        assert head.nbytes >= 2 * TEST_MIN_WORK_BYTES  # 2 threads really split rows
     ref = _reference(head, pool)
     rtol = 1e-12 if weight_dtype == "float64" else 1e-5
     mismatches = []

@@ -54,6 +54,7 @@ class Matrix:
         self.scales = scales
         self.rows = int(data.shape[0])
         self.cols = int(n_cols) if n_cols >= 0 else int(data.shape[1])
+        self.nbytes = int(data.nbytes) + (0 if scales is None else int(scales.nbytes))
 
     def dense_block(self, start: int, stop: int) -> np.ndarray:
         if self.storage == "native":

@@ -57,6 +57,7 @@ from .._storage import (
     decode_bfloat16,
     resolve_weight_dtype,
 )
+from .._threads import team_size
 from .._validation import check_int, resolve_num_threads
 from ..speculative import DraftTree, dynamic_tree
 
@@ -819,18 +820,22 @@ class EagleDrafter:
         cache.ensure(stable + n_extra)
         emb = self._embedding(tokens)
         if c.kind == "eagle":
-            x = ops.matmul(self._fc, np.ascontiguousarray(np.concatenate([emb, hidden], axis=1)),
-                           n_threads)
+            x = self._matmul(self._fc, np.ascontiguousarray(np.concatenate([emb, hidden], axis=1)),
+                             n_threads)
             if self._fc_bias is not None:
                 x += self._fc_bias
         elif hidden.shape[1] != c.hidden_size:
-            x = ops.matmul(self._fc, hidden, n_threads)
+            x = self._matmul(self._fc, hidden, n_threads)
         else:
             x = hidden.copy()
         cos, sin = self._rope_tables(positions)
         q_rows = c.num_attention_heads * c.head_dim
         kv_rows = c.num_key_value_heads * c.head_dim
         eps = c.rms_norm_eps
+        # Work of one attention call: the key and value bytes its queries read.
+        attention_threads = team_size(
+            2 * n * c.num_attention_heads * (stable + n_extra) * c.head_dim
+            * self.dtype.itemsize, n_threads)
         for index, layer in enumerate(self._layers):
             if c.kind == "eagle3":
                 a = np.ascontiguousarray(np.concatenate(
@@ -840,7 +845,7 @@ class EagleDrafter:
                 a = ops.rms_norm(x, layer.input_norm, eps)
             else:
                 a = x
-            qkv = ops.matmul(layer.qkv, a, n_threads)
+            qkv = self._matmul(layer.qkv, a, n_threads)
             if layer.qkv_bias is not None:
                 qkv += layer.qkv_bias
             q = np.ascontiguousarray(qkv[:, :q_rows]).reshape(n, c.num_attention_heads,
@@ -853,17 +858,23 @@ class EagleDrafter:
             cache.k[index][start:start + n] = k
             cache.v[index][start:start + n] = v
             attn = ops.attention(q, cache.k[index], cache.v[index], stable, extra_mask,
-                                 n_threads)
-            x = x + ops.matmul(layer.o, attn, n_threads)
+                                 attention_threads)
+            x = x + self._matmul(layer.o, attn, n_threads)
             m = ops.rms_norm(x, layer.post_norm, eps)
-            x = x + ops.matmul(layer.down, ops.silu_mul(ops.matmul(layer.gate_up, m, n_threads)),
-                               n_threads)
+            x = x + self._matmul(layer.down,
+                                 ops.silu_mul(self._matmul(layer.gate_up, m, n_threads)),
+                                 n_threads)
         return np.ascontiguousarray(x)
+
+    def _matmul(self, matrix: Any, x: np.ndarray, n_threads: int) -> np.ndarray:
+        """``x @ W.T``, serial below the shared work threshold
+        (:func:`eagle_fast._threads.team_size`: weight bytes x rows of x)."""
+        return self._ops.matmul(matrix, x, team_size(matrix.nbytes * x.shape[0], n_threads))
 
     def _logprobs(self, x: np.ndarray, n_threads: int) -> np.ndarray:
         if self._norm is not None:
             x = self._ops.rms_norm(x, self._norm, self.config.rms_norm_eps)
-        return self._ops.log_softmax(self._ops.matmul(self._lm_head, x, n_threads))
+        return self._ops.log_softmax(self._matmul(self._lm_head, x, n_threads))
 
     # -- drafting ---------------------------------------------------------------------
 
