@@ -443,75 +443,102 @@ EF_IALWAYS void ef_istore_rows(__m256 v, int n, const ptrdiff_t* index, ptrdiff_
 }
 
 /* Up to 4 rows (codes[i]: 32 * n_groups codes, q4 unsigned; dwf[i]: group
- * scales) times every interleaved block of 8 states: lane = state. */
+ * scales) times NB interleaved blocks of 8 states from block b0: lane = state.
+ * NB = 2 loads each row's codes once for both blocks. */
 #define EF_ITILE 4
+EF_IALWAYS void ef_itile_blocks_avx2(int kind, int NB, const signed char* const* codes,
+                                     const float* const* dwf, const ef_qstates* a,
+                                     ptrdiff_t b0, ptrdiff_t n_states, ptrdiff_t r0,
+                                     int n_rows_valid, ptrdiff_t n_rows,
+                                     const char* next_rows, ptrdiff_t next_bytes,
+                                     float* products)
+{
+    /* The next tile's stored rows (next_bytes from next_rows) are prefetched
+     * during the first blocks, a cache line per group or two, so their read
+     * from memory overlaps this tile's arithmetic. */
+    const ptrdiff_t line_every = kind == EF_INT_Q4 ? 4 : 2;
+    const ptrdiff_t G = a->n_groups;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[2][EF_ITILE];
+    EF_IUNROLL for (int n = 0; n < NB; n++)
+        EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) acc[n][i] = _mm256_setzero_ps();
+    for (ptrdiff_t g = 0; g < G; g++) {
+        const signed char* xg[2];
+        ptrdiff_t cell[2];
+        EF_IUNROLL for (int n = 0; n < NB; n++) {
+            cell[n] = ((b0 + n) * G + g) * EF_IBLOCK;
+            xg[n] = a->qi + cell[n] * EF_IGROUP;
+        }
+        if (b0 == 0 && g % line_every == 0) {
+            const ptrdiff_t line = g / line_every * 64;
+            for (int i = 0; i < EF_ITILE; i++)
+                if (line < next_bytes) __builtin_prefetch(next_rows + i * next_bytes + line);
+        }
+        __m256i isum[2][EF_ITILE];
+        EF_IUNROLL for (int n = 0; n < NB; n++)
+            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) isum[n][i] = _mm256_setzero_si256();
+        EF_IUNROLL for (int k = 0; k < EF_IGROUP / 4; k++) {
+            __m256i x[2], ax[2];
+            EF_IUNROLL for (int n = 0; n < NB; n++) {
+                x[n] = _mm256_loadu_si256((const __m256i*) (xg[n] + k * EF_IGROUP));
+                ax[n] = _mm256_abs_epi8(x[n]);
+            }
+            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+                int w4;
+                memcpy(&w4, codes[i] + g * EF_IGROUP + 4 * k, 4);
+                const __m256i w = _mm256_set1_epi32(w4);
+                EF_IUNROLL for (int n = 0; n < NB; n++) {
+                    if (kind == EF_INT_Q4) {
+                        /* int16 sums: 8 * 2 * 15 * 127 < 2^15. */
+                        isum[n][i] = _mm256_add_epi16(isum[n][i],
+                                                      _mm256_maddubs_epi16(w, x[n]));
+                    } else {
+                        isum[n][i] = _mm256_add_epi32(isum[n][i], _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(ax[n], _mm256_sign_epi8(w, x[n])), ones));
+                    }
+                    EF_IKEEP(isum[n][i]);
+                }
+            }
+        }
+        EF_IUNROLL for (int n = 0; n < NB; n++) {
+            const __m256 d = _mm256_loadu_ps(a->di + cell[n]);
+            const __m256i xs = kind == EF_INT_Q4
+                ? _mm256_loadu_si256((const __m256i*) (a->xsi + cell[n]))
+                : _mm256_setzero_si256();
+            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+                __m256i v = isum[n][i];
+                if (kind == EF_INT_Q4) v = _mm256_sub_epi32(_mm256_madd_epi16(v, ones), xs);
+                acc[n][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v),
+                                            _mm256_mul_ps(_mm256_set1_ps(dwf[i][g]), d),
+                                            acc[n][i]);
+            }
+        }
+    }
+    EF_IUNROLL for (int n = 0; n < NB; n++) {
+        const ptrdiff_t s0 = (b0 + n) * EF_IBLOCK;
+        const ptrdiff_t s_end = s0 + EF_IBLOCK < n_states ? s0 + EF_IBLOCK : n_states;
+        EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
+            if (i >= n_rows_valid) break;
+            float lanes[8];
+            _mm256_storeu_ps(lanes, acc[n][i]);
+            for (ptrdiff_t s = s0; s < s_end; s++) products[s * n_rows + r0 + i] = lanes[s - s0];
+        }
+    }
+}
+
 EF_IALWAYS void ef_itile_avx2(int kind, const signed char* const* codes,
                               const float* const* dwf, const ef_qstates* a,
                               ptrdiff_t n_states, ptrdiff_t r0, int n_rows_valid,
                               ptrdiff_t n_rows, const char* next_rows,
                               ptrdiff_t next_bytes, float* products)
 {
-    /* The next tile's stored rows (next_bytes from next_rows) are prefetched
-     * during the first block, a cache line per group or two, so their read
-     * from memory overlaps this tile's arithmetic. */
-    const ptrdiff_t line_every = kind == EF_INT_Q4 ? 4 : 2;
-    const ptrdiff_t G = a->n_groups;
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (ptrdiff_t b = 0; b < a->n_blocks; b++) {
-        __m256 acc[EF_ITILE];
-        EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) acc[i] = _mm256_setzero_ps();
-        for (ptrdiff_t g = 0; g < G; g++) {
-            const ptrdiff_t cell = (b * G + g) * EF_IBLOCK;
-            const signed char* xg = a->qi + cell * EF_IGROUP;
-            if (b == 0 && g % line_every == 0) {
-                const ptrdiff_t line = g / line_every * 64;
-                for (int i = 0; i < EF_ITILE; i++)
-                    if (line < next_bytes) __builtin_prefetch(next_rows + i * next_bytes + line);
-            }
-            __m256i isum[EF_ITILE];
-            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) isum[i] = _mm256_setzero_si256();
-            EF_IUNROLL for (int k = 0; k < EF_IGROUP / 4; k++) {
-                const __m256i x = _mm256_loadu_si256((const __m256i*) (xg + k * EF_IGROUP));
-                if (kind == EF_INT_Q4) {
-                    /* int16 sums: 8 * 2 * 15 * 127 < 2^15. */
-                    EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
-                        int w4;
-                        memcpy(&w4, codes[i] + g * EF_IGROUP + 4 * k, 4);
-                        isum[i] = _mm256_add_epi16(
-                            isum[i], _mm256_maddubs_epi16(_mm256_set1_epi32(w4), x));
-                        EF_IKEEP(isum[i]);
-                    }
-                } else {
-                    const __m256i ax = _mm256_abs_epi8(x);
-                    EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
-                        int w4;
-                        memcpy(&w4, codes[i] + g * EF_IGROUP + 4 * k, 4);
-                        const __m256i w = _mm256_sign_epi8(_mm256_set1_epi32(w4), x);
-                        isum[i] = _mm256_add_epi32(
-                            isum[i], _mm256_madd_epi16(_mm256_maddubs_epi16(ax, w), ones));
-                        EF_IKEEP(isum[i]);
-                    }
-                }
-            }
-            const __m256 d = _mm256_loadu_ps(a->di + cell);
-            const __m256i xs = kind == EF_INT_Q4
-                ? _mm256_loadu_si256((const __m256i*) (a->xsi + cell)) : _mm256_setzero_si256();
-            EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
-                __m256i v = isum[i];
-                if (kind == EF_INT_Q4) v = _mm256_sub_epi32(_mm256_madd_epi16(v, ones), xs);
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v),
-                                         _mm256_mul_ps(_mm256_set1_ps(dwf[i][g]), d), acc[i]);
-            }
-        }
-        const ptrdiff_t s_end = (b + 1) * EF_IBLOCK < n_states ? (b + 1) * EF_IBLOCK : n_states;
-        EF_IUNROLL for (int i = 0; i < EF_ITILE; i++) {
-            if (i >= n_rows_valid) break;
-            float lanes[8];
-            _mm256_storeu_ps(lanes, acc[i]);
-            for (ptrdiff_t s = b * EF_IBLOCK; s < s_end; s++)
-                products[s * n_rows + r0 + i] = lanes[s - b * EF_IBLOCK];
-        }
-    }
+    ptrdiff_t b = 0;
+    for (; b + 2 <= a->n_blocks; b += 2)
+        ef_itile_blocks_avx2(kind, 2, codes, dwf, a, b, n_states, r0, n_rows_valid, n_rows,
+                             next_rows, next_bytes, products);
+    if (b < a->n_blocks)
+        ef_itile_blocks_avx2(kind, 1, codes, dwf, a, b, n_states, r0, n_rows_valid, n_rows,
+                             next_rows, next_bytes, products);
 }
 
 /* Rows start .. stop times the interleaved blocks; -1 when out of memory. */
