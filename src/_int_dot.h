@@ -34,7 +34,8 @@
  * each of a block's 8 states in one vector, lane = state -- and each weight
  * row's 4 codes are broadcast against it, so one multiply serves 8 states and
  * the integer sums need no reduction (q4 sums 8 such products in int16, which
- * 8 * 2 * 15 * 127 < 2^15 allows).
+ * 8 * 2 * 15 * 127 < 2^15 allows); tiles of 4 rows x 2 blocks, so an
+ * activation load serves 4 rows and a weight broadcast 16 states.
  *
  * API:
  *   ef_qstates            quantized states: q (n_states, n_pad), d (n_states,
