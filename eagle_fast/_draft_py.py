@@ -195,6 +195,23 @@ class KernelHead:
         # A 0-d array of the dtype adds faster than the Python scalar 1.
         self._one = np.ones((), projection_bias.dtype)
 
+    def _products(self, which: int, states: np.ndarray, n_states: int,
+                  single: bool) -> np.ndarray:
+        """``states @ M.T`` for M = W (``which`` 0) or L (1): the integer
+        products of int8 activations, else one gemv per state (``np.dot``
+        alone, a stacked matmul for a batch -- the same gemv either way)."""
+        if self._int is not None:
+            ints = self._int[which]
+            out = int_products(ints, states.reshape(n_states, ints.n_cols))
+            return out[0] if single else out
+        dense = self.weight if which == 0 else self.lm_head
+        n_in = dense.shape[1]
+        if single:
+            return _dot(dense, states)
+        stacked = self._weight3 if which == 0 else self._lm_head3
+        return _matmul(stacked, states.reshape(n_states, n_in, 1)).reshape(
+            n_states, dense.shape[0])
+
     def forward(self, hidden: np.ndarray, temperature: float, top_k: int,
                 want_logits: bool, want_probs: bool, n_threads: int) -> ForwardResult:
         """Run the head on ``hidden`` ((d_model,) or (B, d_model), of the head's
@@ -212,15 +229,7 @@ class KernelHead:
             # A batch as a stack of column vectors (B, d, 1); the elementwise
             # steps run on plain (d_proj,) or (B, d_proj) views (cheaper to
             # broadcast).
-            if self._int is not None:
-                v = int_products(self._int[0], hidden.reshape(n_states, self.d_model))
-                if single:
-                    v = v[0]
-            elif single:
-                v = _dot(self.weight, hidden)
-            else:
-                v = _matmul(self._weight3, hidden.reshape(n_states, self.d_model, 1)).reshape(
-                    n_states, self.d_proj)
+            v = self._products(0, hidden, n_states, single)
             v += self.bias
             # SiLU with the spec's cut-off.  For v >= 500, v / (1 + exp(-v))
             # already is exactly v (1 + exp(-v) rounds to 1), and so is -0.0
@@ -233,15 +242,7 @@ class KernelHead:
                 x = np.where(v > -500, x, v * 0)
             if self.residual:
                 x += hidden
-            if self._int is not None:
-                scores = int_products(self._int[1], x.reshape(n_states, self.d_proj))
-                if single:
-                    scores = scores[0]
-            elif single:
-                scores = _dot(self.lm_head, x)
-            else:
-                scores = _matmul(self._lm_head3, x.reshape(n_states, self.d_proj, 1)).reshape(
-                    n_states, self.vocab)
+            scores = self._products(1, x, n_states, single)
             if self._repeats is not None:
                 scores[..., self._repeats[0]] = scores[..., self._repeats[1]]
             if temperature > 0 and temperature != 1.0:  # (x / 1.0 is x)

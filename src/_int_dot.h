@@ -200,7 +200,8 @@ static inline void ef_quantize_part(const float* v, ptrdiff_t n, ef_qstates* a,
             const ptrdiff_t m = n - j0 < EF_IGROUP ? n - j0 : EF_IGROUP;
             int sum = 0;
             d[g] = ef_quantize_group(row + j0, m, q + j0);
-            for (int j = 0; j < EF_IGROUP; j++) sum += q[j0 + j];
+            if (a->xs != NULL)   /* q4's 8 * sum(q) offsets */
+                for (int j = 0; j < EF_IGROUP; j++) sum += q[j0 + j];
             if (a->xs != NULL) a->xs[s * G + g] = 8 * sum;
             if (a->n_blocks > 0) {
                 /* The interleaved copy: cell (block, g), lane s % 8. */
